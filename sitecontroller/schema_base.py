@@ -1,0 +1,10 @@
+"""Shared base for every parameter model: unknown keys are errors, never ignored."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Strict(BaseModel):
+    """A typo in a parameter file must never silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)

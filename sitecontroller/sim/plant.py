@@ -1,0 +1,266 @@
+"""Plant physics for the simulators: battery, inverter, grid, PV and load.
+
+This is the *physical* side only; the protocol side (CAN frames, Modbus
+registers, HTTP) lives in the simulated devices, which read this state and
+write setpoints into it. Time comes from the caller: `Plant.step(dt_s, wall_s)`.
+
+Signs: battery and inverter power positive = discharge; grid positive = import.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from dataclasses import dataclass, field
+
+# LFP open-circuit voltage per cell against SOC (typical published curve shape).
+OCV_SOC = (0.0, 0.05, 0.10, 0.20, 0.35, 0.50, 0.65, 0.80, 0.90, 0.95, 1.0)
+OCV_V = (2.80, 3.10, 3.20, 3.25, 3.27, 3.29, 3.30, 3.32, 3.34, 3.38, 3.55)
+
+
+def ocv_cell_v(soc: float) -> float:
+    soc = min(1.0, max(0.0, soc))
+    i = min(bisect.bisect_right(OCV_SOC, soc), len(OCV_SOC) - 1)
+    s0, s1, v0, v1 = OCV_SOC[i - 1], OCV_SOC[i], OCV_V[i - 1], OCV_V[i]
+    return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
+
+
+@dataclass
+class Battery:
+    capacity_wh: float
+    soc: float = 0.5
+    soh: float = 0.98
+    racks: int = 1
+    cells_per_rack: int = 16
+    r_cell_ohm: float = 0.0008
+    charge_eff: float = 0.97
+    discharge_eff: float = 0.97
+    ambient_c: float = 22.0
+    thermal_tau_s: float = 1800.0
+    heat_c_per_a2s: float = 2.0e-6  # temperature rise per A² per second
+    contactor_closed: bool = True
+    balancing: bool = False
+    sleeping: bool = False
+    # fault knobs (tests and the simulator CLI set these)
+    cell_v_fault_v: float = 0.0  # added to one cell of rack 0 (over/under-voltage)
+    temp_fault_c: float = 0.0  # added to every cell temperature (over-temperature)
+    # derived each step
+    pack_a: float = 0.0  # positive = discharge
+    temp_c: list[float] = field(default_factory=list)  # per rack
+    cell_spread: list[list[float]] = field(default_factory=list)  # per cell SOC offset
+    cell_t_spread: list[list[float]] = field(default_factory=list)
+
+    def seed_spread(self, rng: random.Random) -> None:
+        self.cell_spread = [[rng.gauss(0, 0.004) for _ in range(self.cells_per_rack)] for _ in range(self.racks)]
+        self.cell_t_spread = [[rng.gauss(0, 0.5) for _ in range(self.cells_per_rack)] for _ in range(self.racks)]
+        self.temp_c = [self.ambient_c] * self.racks
+
+    @property
+    def nominal_v(self) -> float:
+        return 3.2 * self.cells_per_rack
+
+    def cell_v(self, rack: int) -> list[float]:
+        """Cell voltages of one rack (current splits evenly across racks)."""
+        i_rack = self.pack_a / self.racks
+        vs = [ocv_cell_v(self.soc + d) - i_rack * self.r_cell_ohm * 10 for d in self.cell_spread[rack]]
+        if rack == 0 and self.cell_v_fault_v:
+            vs[3 % len(vs)] += self.cell_v_fault_v
+        return vs
+
+    def cell_t(self, rack: int) -> list[float]:
+        base = self.temp_c[rack] + self.temp_fault_c
+        return [base + d for d in self.cell_t_spread[rack]]
+
+    @property
+    def pack_v(self) -> float:
+        """Racks are in parallel: the pack voltage is a rack's string voltage."""
+        return sum(self.cell_v(0))
+
+    @property
+    def usable_wh(self) -> float:
+        return self.capacity_wh * self.soh
+
+    def limits_a(self) -> tuple[float, float]:
+        """The BMS's own charge/discharge current limits (what it would send)."""
+        one_c = self.usable_wh / self.nominal_v
+        t_max = max(self.cell_t(r)[i] for r in range(self.racks) for i in range(self.cells_per_rack))
+        t_min = min(self.cell_t(r)[i] for r in range(self.racks) for i in range(self.cells_per_rack))
+        derate = 1.0 if t_max < 45 else max(0.0, (55 - t_max) / 10)
+        if t_min < 5:
+            charge_t = max(0.0, t_min / 5)
+        else:
+            charge_t = 1.0
+        charge = one_c * derate * charge_t * min(1.0, max(0.0, (1.0 - self.soc) / 0.05))
+        discharge = one_c * derate * min(1.0, max(0.0, self.soc / 0.05))
+        return charge, discharge
+
+    def step(self, dc_w: float, dt_s: float) -> None:
+        """Move `dc_w` (positive = discharge) through the battery for `dt_s`."""
+        if not self.contactor_closed or self.sleeping:
+            dc_w = 0.0
+        v = max(self.pack_v, 1.0)
+        self.pack_a = dc_w / v
+        if dc_w >= 0:
+            chem_wh = dc_w * dt_s / 3600 / self.discharge_eff
+        else:
+            chem_wh = dc_w * dt_s / 3600 * self.charge_eff
+        self.soc = min(1.0, max(0.0, self.soc - chem_wh / self.usable_wh))
+        i_rack = self.pack_a / self.racks
+        for r in range(self.racks):
+            heating = self.heat_c_per_a2s * i_rack * i_rack * dt_s
+            cooling = (self.temp_c[r] - self.ambient_c) * min(1.0, dt_s / self.thermal_tau_s)
+            self.temp_c[r] += heating - cooling
+
+
+@dataclass
+class Inverter:
+    rated_w: float
+    ramp_w_per_s: float = 20_000.0
+    efficiency: float = 0.97
+    setpoint_p_w: float = 0.0
+    setpoint_q_var: float = 0.0
+    run_requested: bool = False
+    p_w: float = 0.0  # AC side, positive = discharge
+    q_var: float = 0.0
+    temp_c: float = 30.0
+    tripped: bool = False
+    faults: set[str] = field(default_factory=set)
+
+    @property
+    def running(self) -> bool:
+        return self.run_requested and not self.tripped
+
+    def trip(self, fault: str = "GRID_FAULT") -> None:
+        """Fault knob: the inverter stops at once and reports the fault."""
+        self.tripped = True
+        self.faults.add(fault)
+
+    def reset(self) -> None:
+        self.tripped = False
+        self.faults.clear()
+
+    def step(self, battery: Battery, dt_s: float) -> float:
+        """Advance the AC power toward the setpoint; return the DC power drawn."""
+        target = max(-self.rated_w, min(self.rated_w, self.setpoint_p_w)) if self.running else 0.0
+        if not battery.contactor_closed or battery.sleeping:
+            target = 0.0
+        if battery.soc <= 0.0 and target > 0:
+            target = 0.0
+        if battery.soc >= 1.0 and target < 0:
+            target = 0.0
+        step = self.ramp_w_per_s * dt_s
+        self.p_w += max(-step, min(step, target - self.p_w))
+        if not self.running:
+            self.p_w = 0.0
+        self.q_var = max(-self.rated_w, min(self.rated_w, self.setpoint_q_var)) if self.running else 0.0
+        loss_w = abs(self.p_w) * (1 - self.efficiency)
+        self.temp_c += (30.0 + loss_w / 20 - self.temp_c) * min(1.0, dt_s / 600)
+        return self.p_w / self.efficiency if self.p_w >= 0 else self.p_w * self.efficiency
+
+
+@dataclass
+class Grid:
+    nominal_hz: float = 50.0
+    nominal_v: float = 230.0
+    freq_hz: float = 50.0
+    freq_offset_hz: float = 0.0  # knob: a frequency event for grid-service tests
+
+    def step(self, rng: random.Random, dt_s: float) -> None:
+        # a slow, bounded random walk around nominal (±0.1 Hz)
+        drift = (self.nominal_hz - self.freq_hz) * min(1.0, dt_s / 30) + rng.gauss(0, 0.002) * math.sqrt(dt_s)
+        self.freq_hz = min(self.nominal_hz + 0.1, max(self.nominal_hz - 0.1, self.freq_hz + drift))
+
+    @property
+    def measured_hz(self) -> float:
+        return self.freq_hz + self.freq_offset_hz
+
+
+@dataclass
+class Solar:
+    peak_w: float
+    cloud: float = 1.0  # 0..1 transmission, a random walk
+
+    def power_w(self, wall_s: float) -> float:
+        hour = (wall_s % 86400) / 3600
+        elevation = math.sin(math.pi * (hour - 6) / 12)
+        return self.peak_w * max(0.0, elevation) ** 1.3 * self.cloud
+
+    def step(self, rng: random.Random, dt_s: float) -> None:
+        self.cloud = min(1.0, max(0.2, self.cloud + rng.gauss(0, 0.01) * math.sqrt(dt_s) + (0.9 - self.cloud) * dt_s / 600))
+
+
+@dataclass
+class Load:
+    avg_w: float
+    noise: float = 0.0
+
+    def power_w(self, wall_s: float) -> float:
+        hour = (wall_s % 86400) / 3600
+        shape = 0.6 + 0.5 * math.exp(-((hour - 8) ** 2) / 2) + 0.9 * math.exp(-((hour - 19) ** 2) / 4)
+        return max(0.0, self.avg_w * shape * (1 + self.noise))
+
+    def step(self, rng: random.Random, dt_s: float) -> None:
+        self.noise += -self.noise * min(1.0, dt_s / 20) + rng.gauss(0, 0.02) * math.sqrt(dt_s)
+
+
+@dataclass
+class Plant:
+    """One battery node behind one grid connection point with PV and load."""
+
+    battery: Battery
+    inverter: Inverter
+    grid: Grid
+    solar: Solar
+    load: Load
+    seed: int = 1
+    wall_s: float = 0.0
+    meter_stopped: bool = False  # knob for the simulated meter
+    phases: int = 3
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.battery.seed_spread(self.rng)
+
+    @classmethod
+    def from_params(cls, params, wall_s: float = 0.0) -> "Plant":
+        """Build the plant a parameter file describes (its `simulation` section)."""
+        from ..params import SimulationParams
+
+        sim = params.simulation or SimulationParams()
+        battery = Battery(
+            capacity_wh=params.battery.capacity_wh,
+            soc=sim.initial_soc,
+            racks=params.devices.bms.racks,
+            cells_per_rack=sim.cells_per_rack,
+        )
+        inverter = Inverter(rated_w=params.devices.inverter.rated_w)
+        return cls(battery, inverter, Grid(), Solar(sim.pv_peak_w), Load(sim.load_avg_w), seed=sim.seed, wall_s=wall_s)
+
+    def step(self, dt_s: float, wall_s: float | None = None) -> None:
+        self.wall_s = self.wall_s + dt_s if wall_s is None else wall_s
+        self.grid.step(self.rng, dt_s)
+        self.solar.step(self.rng, dt_s)
+        self.load.step(self.rng, dt_s)
+        dc_w = self.inverter.step(self.battery, dt_s)
+        self.battery.step(dc_w, dt_s)
+
+    # --- what meters and inverters measure -------------------------------
+    @property
+    def pv_w(self) -> float:
+        return self.solar.power_w(self.wall_s)
+
+    @property
+    def load_w(self) -> float:
+        return self.load.power_w(self.wall_s)
+
+    @property
+    def grid_p_w(self) -> float:
+        """At the connection point, positive = import."""
+        return self.load_w - self.pv_w - self.inverter.p_w
+
+    def phase_split(self, total: float) -> tuple[float, ...]:
+        weights = (0.36, 0.33, 0.31)[: self.phases]
+        return tuple(total * w for w in weights)
+
+    def phase_v(self) -> tuple[float, ...]:
+        return tuple(self.grid.nominal_v * (1 + 0.005 * k) for k in range(self.phases))
