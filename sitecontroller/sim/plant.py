@@ -62,7 +62,7 @@ class Battery:
     def cell_v(self, rack: int) -> list[float]:
         """Cell voltages of one rack (current splits evenly across racks)."""
         i_rack = self.pack_a / self.racks
-        vs = [ocv_cell_v(self.soc + d) - i_rack * self.r_cell_ohm * 10 for d in self.cell_spread[rack]]
+        vs = [ocv_cell_v(self.soc + d) - i_rack * self.r_cell_ohm for d in self.cell_spread[rack]]
         if rack == 0 and self.cell_v_fault_v:
             vs[3 % len(vs)] += self.cell_v_fault_v
         return vs
