@@ -25,6 +25,14 @@ class BmsConfig(Strict):
     racks: int = Field(1, ge=1, le=16, description="racks on this node's bus")
     timeout_s: float = Field(2.0, gt=0, le=60, description="a rack silent this long is offline")
     alive_timeout_s: float = Field(3.0, gt=0, le=60, description="alive counter stuck this long is an error")
+    rack_id_stride: int | None = Field(
+        None, ge=1, le=0x200,
+        description="CAN id offset between racks (rack r sends at id + r * stride); default: the DBC's RackIdStride",
+    )
+    cells_in_series: int = Field(
+        16, ge=1, le=512,
+        description="series cells per rack; used only to derive a cell voltage when the BMS does not send cell data",
+    )
 
     @model_validator(mode="after")
     def _bus_needed(self):

@@ -1,0 +1,175 @@
+"""A meter that polls its device on a fixed period (DESIGN §4, drivers).
+
+`PollingMeter` owns what every meter shares: the polling task on absolute
+deadlines, the per-poll timeout, the latest reading and the issue bookkeeping.
+A transport subclass only implements `_open`, `_read` and `_close`, and says
+what went wrong by raising one of the three errors below:
+
+- `MeterCommError`: no answer (refused, reset, timeout). After
+  `config.comm_lost_after` unanswered polls in a row, METER_COMM_LOST is active;
+  the first answer of any kind clears it.
+- `MeterDecodeError`: an answer that cannot be turned into a reading
+  (bad JSON, missing field, out-of-range value). METER_DECODE is active until
+  the next good reading.
+- `MeterRejectedError`: the device answered but refused the request (Modbus
+  exception, HTTP error status). METER_REJECTED is active until the next good
+  reading.
+
+A failed poll never replaces the latest reading: `latest()` simply stops
+updating and goes stale, and the process image treats it as absent.
+"""
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+
+from ...process_image import MeterReading
+from ..base import DeviceIssue, MeterDriver
+from .config import MeterConfig
+
+log = logging.getLogger(__name__)
+
+COMM_LOST, DECODE, REJECTED = "METER_COMM_LOST", "METER_DECODE", "METER_REJECTED"
+
+
+class MeterCommError(Exception):
+    """The device did not answer."""
+
+
+class MeterDecodeError(Exception):
+    """The device answered with something that is not a valid reading."""
+
+
+class MeterRejectedError(Exception):
+    """The device answered with an error instead of data."""
+
+
+class PollingMeter(MeterDriver):
+    def __init__(self, config: MeterConfig, clock) -> None:
+        self.config = config
+        self.clock = clock
+        self._latest: MeterReading | None = None
+        self._task: asyncio.Task | None = None
+        self._unanswered = 0
+        self._last_comm_error = ""
+        self._answer_problem: tuple[str, str] | None = None  # (code, text) of the last answered poll
+        self._stats: dict[str, float] = {
+            "polls": 0,
+            "readings": 0,
+            "comm_errors": 0,
+            "decode_errors": 0,
+            "rejected": 0,
+            "overruns": 0,
+            "last_rtt_s": 0.0,
+        }
+
+    # --- what a transport implements -------------------------------------
+    @property
+    @abc.abstractmethod
+    def endpoint(self) -> str:
+        """Where the device is, for messages (e.g. 'http://10.0.0.5:80')."""
+
+    async def _open(self) -> None:
+        """Prepare the client (must not raise if the device does not answer)."""
+
+    @abc.abstractmethod
+    async def _read(self) -> MeterReading:
+        """One poll: fetch and decode, or raise one of the Meter*Error."""
+
+    async def _close(self) -> None:
+        """Release the client."""
+
+    # --- MeterDriver ------------------------------------------------------
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        await self._open()
+        self._task = asyncio.create_task(self._run(), name=f"meter-{self.config.model}")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self._close()
+
+    def latest(self) -> MeterReading | None:
+        return self._latest
+
+    def issues(self) -> list[DeviceIssue]:
+        out = []
+        if self._unanswered >= self.config.comm_lost_after:
+            out.append(
+                DeviceIssue(
+                    COMM_LOST,
+                    f"{self.config.model} meter at {self.endpoint}: no answer to the last "
+                    f"{self._unanswered} polls ({self._last_comm_error})",
+                )
+            )
+        if self._answer_problem is not None:
+            out.append(DeviceIssue(*self._answer_problem))
+        return out
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats, unanswered=self._unanswered)
+
+    # --- the loop -----------------------------------------------------------
+    async def _run(self) -> None:
+        period = self.config.poll_s
+        deadline = self.clock.monotonic()
+        while True:
+            await self.poll_once()
+            deadline += period
+            now = self.clock.monotonic()
+            if deadline < now:  # overran: skip the missed slots instead of bursting
+                self._stats["overruns"] += 1
+                deadline += period * (int((now - deadline) / period) + 1)
+            await self.clock.sleep_until(deadline)
+
+    async def poll_once(self) -> MeterReading | None:
+        """Poll the device once; return the new reading, or None if the poll failed."""
+        self._stats["polls"] += 1
+        t0 = self.clock.monotonic()
+        try:
+            reading = await asyncio.wait_for(self._read(), timeout=self.config.timeout_s)
+        except (MeterCommError, asyncio.TimeoutError, OSError) as exc:
+            text = str(exc) or f"timeout after {self.config.timeout_s:g} s"
+            self._no_answer(text)
+            return None
+        except MeterDecodeError as exc:
+            self._answered((DECODE, f"{self.config.model} meter at {self.endpoint}: unusable data: {exc}"))
+            self._stats["decode_errors"] += 1
+            return None
+        except MeterRejectedError as exc:
+            self._answered((REJECTED, f"{self.config.model} meter at {self.endpoint}: request refused: {exc}"))
+            self._stats["rejected"] += 1
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never let the task die: report it as no answer
+            log.exception("meter %s: unexpected error while polling", self.endpoint)
+            self._no_answer(f"{type(exc).__name__}: {exc}")
+            return None
+        self._stats["last_rtt_s"] = self.clock.monotonic() - t0
+        self._stats["readings"] += 1
+        self._answered(None)
+        self._latest = reading
+        return reading
+
+    def _no_answer(self, text: str) -> None:
+        self._stats["comm_errors"] += 1
+        self._unanswered += 1
+        self._last_comm_error = text
+        if self._unanswered == self.config.comm_lost_after:
+            log.warning("meter %s: communication lost (%s)", self.endpoint, text)
+
+    def _answered(self, problem: tuple[str, str] | None) -> None:
+        if self._unanswered >= self.config.comm_lost_after:
+            log.info("meter %s: communication restored", self.endpoint)
+        self._unanswered = 0
+        if problem is not None and problem != self._answer_problem:
+            log.warning("%s", problem[1])
+        self._answer_problem = problem

@@ -1,0 +1,170 @@
+"""Simulated grid meters that speak the real protocols, with values live from the plant.
+
+- `SimModbusMeter`: a Carlo Gavazzi EM24/EM340 on Modbus TCP, serving the
+  meter's register-map profile through the generic simulated Modbus server.
+- `SimP1Meter`: a HomeWizard P1 meter on HTTP (`/api` and `/api/v1/data`).
+
+Both only *read* the plant (they never step its physics) and share the fault
+knobs of `MeterFaults`: stop answering (also `plant.meter_stopped`), delay
+every answer, or answer with a malformed payload.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..drivers.meter.config import MeterConfig
+
+
+@dataclass
+class MeterFaults:
+    """Fault knobs a test (or the simulator CLI) sets on a simulated meter.
+
+    stopped:   the meter is silent (no answer at all) while this or
+               `plant.meter_stopped` is set;
+    delay_s:   every answer comes this much later;
+    malformed: None, or the kind of broken answer to give —
+               P1: "json" (truncated body), "type" (power as a string),
+               "missing" (no active_power_w), "range" (voltage 5000 V);
+               Modbus: "range" (frequency register out of range);
+    http_status: P1 only: answer with this HTTP status instead of 200
+               (403 is what a P1 with its local API disabled answers).
+    """
+
+    stopped: bool = False
+    delay_s: float = 0.0
+    malformed: str | None = None
+    http_status: int = 200
+
+
+def meter_values(plant) -> dict:
+    """What an ideal meter at the connection point measures right now (positive = import)."""
+    total = plant.grid_p_w
+    phase_p = plant.phase_split(total)
+    phase_v = plant.phase_v()
+    return {
+        "p_w": total,
+        "phase_p_w": phase_p,
+        "phase_v": phase_v,
+        "phase_a": tuple(p / v for p, v in zip(phase_p, phase_v)),
+        "freq_hz": plant.grid.measured_hz,
+    }
+
+
+class _SimMeterBase:
+    def __init__(self, plant, config: MeterConfig) -> None:
+        if config.host is None or config.port is None:
+            raise ValueError("a simulated meter needs 'host' and 'port'")
+        self.plant = plant
+        self.config = config
+        self.faults = MeterFaults()
+        self.requests = 0  # requests received (answered or not)
+        self._closing = asyncio.Event()
+
+    @property
+    def silent(self) -> bool:
+        return self.faults.stopped or bool(getattr(self.plant, "meter_stopped", False))
+
+    async def _hold_while_silent(self) -> bool:
+        """Wait while the meter is told to be silent; False if the sim closes meanwhile."""
+        while self.silent:
+            if self._closing.is_set():
+                return False
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=0.02)
+            except asyncio.TimeoutError:
+                pass
+        if self.faults.delay_s > 0:
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=self.faults.delay_s)
+                return False
+            except asyncio.TimeoutError:
+                pass
+        return not self._closing.is_set()
+
+
+class SimP1Meter(_SimMeterBase):
+    """A HomeWizard P1 meter (HWE-P1, local API v1) on `config.host:config.port`."""
+
+    PRODUCT = {
+        "product_type": "HWE-P1",
+        "product_name": "P1 Meter",
+        "serial": "5c2faf000001",
+        "firmware_version": "5.18",
+        "api_version": "v1",
+    }
+
+    def __init__(self, plant, config: MeterConfig, *, with_frequency: bool = True) -> None:
+        super().__init__(plant, config)
+        self.with_frequency = with_frequency
+        self._runner: web.AppRunner | None = None
+
+    def payload(self) -> dict:
+        """The `/api/v1/data` document for the plant's present state (DSMR resolution)."""
+        v = meter_values(self.plant)
+        doc = {
+            "wifi_ssid": "sim",
+            "wifi_strength": 100,
+            "smr_version": 50,
+            "meter_model": "SIM P1",
+            "active_power_w": round(v["p_w"]),
+        }
+        for i, (p, volts, amps) in enumerate(zip(v["phase_p_w"], v["phase_v"], v["phase_a"]), start=1):
+            doc[f"active_power_l{i}_w"] = round(p)
+            doc[f"active_voltage_l{i}_v"] = round(volts, 1)
+            doc[f"active_current_l{i}_a"] = round(amps, 3)
+        if self.with_frequency:
+            doc["active_frequency_hz"] = round(v["freq_hz"], 3)
+        return doc
+
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(lambda: json.dumps(self.PRODUCT))
+
+    async def _data(self, request: web.Request) -> web.StreamResponse:
+        return await self._answer(self._data_body)
+
+    def _data_body(self) -> str:
+        doc = self.payload()
+        kind = self.faults.malformed
+        if kind == "json":
+            return json.dumps(doc)[:-7]
+        if kind == "type":
+            doc["active_power_w"] = str(doc["active_power_w"])
+        elif kind == "missing":
+            del doc["active_power_w"]
+        elif kind == "range":
+            doc["active_voltage_l1_v"] = 5000.0
+        return json.dumps(doc)
+
+    async def _answer(self, body) -> web.StreamResponse:
+        self.requests += 1
+        if not await self._hold_while_silent():
+            return web.Response(status=503)
+        status = self.faults.http_status
+        if status != 200:
+            return web.json_response({"error": {"id": "sim:error", "description": "simulated"}}, status=status)
+        return web.Response(text=body(), content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api", self._api)
+        app.router.add_get("/api/v1/data", self._data)
+        self._closing.clear()
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, reuse_address=True)
+        await site.start()
+
+    async def close(self) -> None:
+        self._closing.set()
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+
+class SimModbusMeter(_SimMeterBase):  # placeholder until the generic Modbus sim server lands
+    def __init__(self, plant, config: MeterConfig, profile=None) -> None:
+        raise NotImplementedError("waiting for sitecontroller.sim.modbus_server")

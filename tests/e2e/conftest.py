@@ -1,0 +1,87 @@
+"""Start real `sitecontroller run` processes; always stop them and free their ports."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.util import free_tcp_port, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "sitecontroller.cli"]
+
+
+class NodeProcess:
+    def __init__(self, params_file: Path, endpoint: str, log: Path):
+        self.params_file, self.endpoint, self.log = params_file, endpoint, log
+        self._log_f = open(log, "w")
+        self.proc = subprocess.Popen(
+            CLI + ["run", "--params", str(params_file), "--simulate"],
+            stdout=self._log_f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+        )
+
+    def cli(self, *args, timeout=10):
+        return subprocess.run(CLI + list(args) + ["--endpoint", self.endpoint], capture_output=True, text=True,
+                              cwd=REPO, timeout=timeout)
+
+    def status(self):
+        r = self.cli("status", "--json")
+        return json.loads(r.stdout) if r.returncode == 0 else None
+
+    def wait_status(self, predicate, timeout_s=10.0, what="status"):
+        def check():
+            s = self.status()
+            return s if s is not None and predicate(s) else None
+        return wait_until(check, timeout_s, 0.1, what)
+
+    def output(self):
+        self._log_f.flush()
+        return self.log.read_text()
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+        self._log_f.close()
+
+
+@pytest.fixture
+def node_params(tmp_path):
+    """Write a parameter file for one node with its own port, endpoint and data directory."""
+
+    def make(example="sim_node1.json", **overrides):
+        data = json.loads((REPO / "site_parameters" / example).read_text())
+        data["control"] = {"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
+        data["storage"] = {"data_dir": str(tmp_path / "{node_id}")}
+        for dev in ("inverter", "meter"):
+            cfg = data["devices"].get(dev)
+            if cfg and cfg.get("port"):
+                cfg["port"] = free_tcp_port()
+        bms = data["devices"]["bms"]
+        if bms.get("can", {}).get("interface") == "virtual":
+            bms["can"]["channel"] = f"e2e-{free_tcp_port()}"
+        for section, values in overrides.items():
+            data[section].update(values)
+        path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.json"
+        path.write_text(json.dumps(data))
+        return path, data["control"]["endpoint"]
+
+    return make
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    started = []
+
+    def start(params_file, endpoint):
+        node = NodeProcess(params_file, endpoint, tmp_path / f"node-{len(started)}.log")
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.kill()
