@@ -143,7 +143,7 @@ class Node:
         self.request = LocalRequest(cmd.p_w, self.clock.monotonic() + hold, cmd.id)
         detail = f"request {cmd.p_w:.0f} W for {hold:g} s"
         if reason:
-            detail += f"; clamped to {applied:.0f} W: {reason}"
+            detail += f"; clamped: {reason}"
         return DONE, detail, {"requested_w": cmd.p_w, "applied_w": applied, "hold_s": hold}
 
     def _cmd_set_state(self, cmd, image):

@@ -82,7 +82,7 @@ def test_a_request_outside_the_limits_is_clamped_and_the_ack_says_why(make_param
     ack = r.command(type="set_power", p_w=4000)
     assert ack.status == "done"
     assert ack.result["applied_w"] == 2500
-    assert "clamped to 2500 W" in ack.detail
+    assert "clamped: discharge 4000 W requested, 2500 W allowed" in ack.detail
     r.run(1.0)
     assert r.plant.inverter.p_w == pytest.approx(2500)
 
