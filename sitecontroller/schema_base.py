@@ -7,4 +7,5 @@ from pydantic import BaseModel, ConfigDict
 class Strict(BaseModel):
     """A typo in a parameter file must never silently fall back to a default."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # allow_inf_nan=False: NaN and Infinity (which Python's JSON parser accepts) are never a valid parameter.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)

@@ -17,7 +17,7 @@ class DeviceConnection(Strict):
     host: str | None = Field(None, min_length=1, description="Modbus TCP or HTTP host")
     port: int | None = Field(None, ge=1, le=65535, description="Modbus TCP or HTTP port")
     unit_id: int = Field(1, ge=0, le=247, description="Modbus unit (slave) id")
-    serial_port: str | None = Field(None, description="e.g. /dev/ttyUSB0 for Modbus RTU")
+    serial_port: str | None = Field(None, min_length=1, description="e.g. /dev/ttyUSB0 for Modbus RTU")
     baudrate: int = Field(9600, ge=1200, le=115200)
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1

@@ -21,7 +21,7 @@ class BmsConfig(Strict):
 
     model: Literal["inproc", "bess_sim", "pylontech"]
     can: CanBusConfig | None = None
-    dbc: str | None = Field(None, description="DBC file name in dbc/ (default: the model's own)")
+    dbc: str | None = Field(None, min_length=1, description="DBC file name in dbc/ (default: the model's own)")
     racks: int = Field(1, ge=1, le=16, description="racks on this node's bus")
     timeout_s: float = Field(2.0, gt=0, le=60, description="a rack silent this long is offline")
     alive_timeout_s: float = Field(3.0, gt=0, le=60, description="alive counter stuck this long is an error")
