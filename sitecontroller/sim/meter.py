@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import dataclass
 
 from aiohttp import web
 
 from ..drivers.meter.config import MeterConfig
+from ..drivers.modbus import load_profile
+from .modbus_server import ProfileServer
 
 
 @dataclass
@@ -29,7 +32,7 @@ class MeterFaults:
     malformed: None, or the kind of broken answer to give —
                P1: "json" (truncated body), "type" (power as a string),
                "missing" (no active_power_w), "range" (voltage 5000 V);
-               Modbus: "range" (frequency register out of range);
+               Modbus: any value serves a frequency no grid has (655 Hz);
     http_status: P1 only: answer with this HTTP status instead of 200
                (403 is what a P1 with its local API disabled answers).
     """
@@ -51,6 +54,10 @@ def meter_values(plant) -> dict:
         "phase_v": phase_v,
         "phase_a": tuple(p / v for p, v in zip(phase_p, phase_v)),
         "freq_hz": plant.grid.measured_hz,
+        # line-to-line: phases 120 degrees apart, |Va - Vb| = sqrt(Va² + Vb² + Va·Vb)
+        "line_v": tuple(
+            math.sqrt(a * a + b * b + a * b) for a, b in zip(phase_v, phase_v[1:] + phase_v[:1])
+        ) if len(phase_v) == 3 else (),
     }
 
 
@@ -61,29 +68,10 @@ class _SimMeterBase:
         self.plant = plant
         self.config = config
         self.faults = MeterFaults()
-        self.requests = 0  # requests received (answered or not)
-        self._closing = asyncio.Event()
 
     @property
     def silent(self) -> bool:
         return self.faults.stopped or bool(getattr(self.plant, "meter_stopped", False))
-
-    async def _hold_while_silent(self) -> bool:
-        """Wait while the meter is told to be silent; False if the sim closes meanwhile."""
-        while self.silent:
-            if self._closing.is_set():
-                return False
-            try:
-                await asyncio.wait_for(self._closing.wait(), timeout=0.02)
-            except asyncio.TimeoutError:
-                pass
-        if self.faults.delay_s > 0:
-            try:
-                await asyncio.wait_for(self._closing.wait(), timeout=self.faults.delay_s)
-                return False
-            except asyncio.TimeoutError:
-                pass
-        return not self._closing.is_set()
 
 
 class SimP1Meter(_SimMeterBase):
@@ -100,10 +88,12 @@ class SimP1Meter(_SimMeterBase):
     def __init__(self, plant, config: MeterConfig, *, with_frequency: bool = True) -> None:
         super().__init__(plant, config)
         self.with_frequency = with_frequency
+        self.requests = 0  # requests received (answered or not)
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()
 
     def payload(self) -> dict:
-        """The `/api/v1/data` document for the plant's present state (DSMR resolution)."""
+        """The `/api/v1/data` document for the plant's present state (W to 1 W, V to 0.1 V)."""
         v = meter_values(self.plant)
         doc = {
             "wifi_ssid": "sim",
@@ -139,9 +129,25 @@ class SimP1Meter(_SimMeterBase):
             doc["active_voltage_l1_v"] = 5000.0
         return json.dumps(doc)
 
+    async def _hold(self) -> bool:
+        """Stay silent while told to, then wait `delay_s`; False if the sim closes meanwhile."""
+        while self.silent:
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=0.02)
+                return False
+            except asyncio.TimeoutError:
+                pass
+        if self.faults.delay_s > 0:
+            try:
+                await asyncio.wait_for(self._closing.wait(), timeout=self.faults.delay_s)
+                return False
+            except asyncio.TimeoutError:
+                pass
+        return not self._closing.is_set()
+
     async def _answer(self, body) -> web.StreamResponse:
         self.requests += 1
-        if not await self._hold_while_silent():
+        if not await self._hold():
             return web.Response(status=503)
         status = self.faults.http_status
         if status != 200:
@@ -165,6 +171,62 @@ class SimP1Meter(_SimMeterBase):
             await runner.cleanup()
 
 
-class SimModbusMeter(_SimMeterBase):  # placeholder until the generic Modbus sim server lands
+class MeterServer(ProfileServer):
+    """A ProfileServer whose silence and delay follow a simulated meter's fault knobs."""
+
+    def __init__(self, sim: "SimModbusMeter", profile, **kw) -> None:
+        self._sim = sim  # first: ProfileServer.__init__ sets muted and delay_s
+        super().__init__(profile, **kw)
+
+    @property
+    def muted(self) -> bool:
+        return self._sim.silent
+
+    @muted.setter
+    def muted(self, value: bool) -> None:
+        self._sim.faults.stopped = bool(value)
+
+    @property
+    def delay_s(self) -> float:
+        return self._sim.faults.delay_s
+
+    @delay_s.setter
+    def delay_s(self, value: float) -> None:
+        self._sim.faults.delay_s = float(value)
+
+
+class SimModbusMeter(_SimMeterBase):
+    """A Carlo Gavazzi EM24/EM340 on Modbus TCP at `config.host:port`, unit `config.unit_id`.
+
+    The registers are the meter's profile (`config.profile`, else the model's
+    built-in one, or the `profile` given), served by the generic
+    `ProfileServer` from `quantities()`.
+    """
+
     def __init__(self, plant, config: MeterConfig, profile=None) -> None:
-        raise NotImplementedError("waiting for sitecontroller.sim.modbus_server")
+        super().__init__(plant, config)
+        if profile is None or isinstance(profile, str):
+            profile = load_profile(profile or config.profile or config.model, kind="meter")
+        self.profile = profile
+        self.server = MeterServer(
+            self, profile, host=config.host, port=config.port, unit_id=config.unit_id, source=self.quantities
+        )
+
+    def quantities(self) -> dict:
+        """The live values the profile's `sim` hints name (currents as RMS magnitudes)."""
+        v = meter_values(self.plant)
+        v["phase_a"] = tuple(abs(a) for a in v["phase_a"])
+        if self.faults.malformed:  # "range": a frequency no grid has (decodes, but is implausible)
+            v["freq_hz"] = 655.0
+        return v
+
+    @property
+    def requests(self) -> int:
+        """Requests received (answered or not)."""
+        return self.server.requests
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def close(self) -> None:
+        await self.server.close()

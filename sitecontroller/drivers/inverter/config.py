@@ -15,3 +15,9 @@ class InverterConfig(DeviceConnection):
     model: Literal["inproc", "abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec", "indevolt"]
     rated_w: float = Field(..., gt=0, le=10_000_000, description="inverter AC rating")
     poll_s: float = Field(0.2, ge=0.02, le=10)
+    comm_lost_s: float = Field(
+        2.0, gt=0, le=60, description="no successful poll for this long -> INV_COMM_LOST (Modbus models)"
+    )
+    profile: str | None = Field(
+        None, min_length=1, description="Modbus models: a register-map profile file to use instead of the model's built-in one"
+    )

@@ -36,13 +36,9 @@ from .polling import MeterCommError, MeterDecodeError, MeterRejectedError, Polli
 
 DATA_PATH = "/api/v1/data"
 PHASES = ("l1", "l2", "l3")
-# Plausibility bounds: a value outside them is a decoding problem, not a reading.
-MAX_ABS_W = 10_000_000.0
-V_RANGE = (0.0, 1000.0)
-HZ_RANGE = (40.0, 70.0)
 
 
-def _number(data: dict, key: str, *, required: bool = False, lo: float | None = None, hi: float | None = None):
+def _number(data: dict, key: str, *, required: bool = False):
     value = data.get(key)
     if value is None:
         if required:
@@ -53,16 +49,14 @@ def _number(data: dict, key: str, *, required: bool = False, lo: float | None = 
     value = float(value)
     if not math.isfinite(value):
         raise MeterDecodeError(f"'{key}' is not finite")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise MeterDecodeError(f"'{key}' = {value:g} is outside {lo:g}..{hi:g}")
     return value
 
 
-def _phases(data: dict, pattern: str, **bounds) -> tuple[float, ...]:
+def _phases(data: dict, pattern: str) -> tuple[float, ...]:
     """The per-phase values present, L1 first; stops at the first missing phase."""
     out = []
     for ph in PHASES:
-        value = _number(data, pattern.format(ph), **bounds)
+        value = _number(data, pattern.format(ph))
         if value is None:
             break
         out.append(value)
@@ -72,7 +66,8 @@ def _phases(data: dict, pattern: str, **bounds) -> tuple[float, ...]:
 def parse_data(body: bytes | str, t: float) -> MeterReading:
     """Turn a `/api/v1/data` body into a reading taken at monotonic time `t`.
 
-    Raises MeterDecodeError (naming the field) on anything unusable.
+    Raises MeterDecodeError (naming the field) on anything unusable; the
+    plausibility of the values is checked by the polling base.
     """
     try:
         data = json.loads(body)
@@ -80,14 +75,13 @@ def parse_data(body: bytes | str, t: float) -> MeterReading:
         raise MeterDecodeError(f"body is not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise MeterDecodeError(f"body must be a JSON object, got {type(data).__name__}")
-    p_w = _number(data, "active_power_w", required=True, lo=-MAX_ABS_W, hi=MAX_ABS_W)
     return MeterReading(
         t=t,
-        p_w=p_w,
-        phase_p_w=_phases(data, "active_power_{}_w", lo=-MAX_ABS_W, hi=MAX_ABS_W),
-        phase_v=_phases(data, "active_voltage_{}_v", lo=V_RANGE[0], hi=V_RANGE[1]),
-        phase_a=_phases(data, "active_current_{}_a", lo=-1e5, hi=1e5),
-        freq_hz=_number(data, "active_frequency_hz", lo=HZ_RANGE[0], hi=HZ_RANGE[1]),
+        p_w=_number(data, "active_power_w", required=True),
+        phase_p_w=_phases(data, "active_power_{}_w"),
+        phase_v=_phases(data, "active_voltage_{}_v"),
+        phase_a=_phases(data, "active_current_{}_a"),
+        freq_hz=_number(data, "active_frequency_hz"),
     )
 
 

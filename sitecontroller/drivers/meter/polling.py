@@ -9,7 +9,7 @@ what went wrong by raising one of the three errors below:
   `config.comm_lost_after` unanswered polls in a row, METER_COMM_LOST is active;
   the first answer of any kind clears it.
 - `MeterDecodeError`: an answer that cannot be turned into a reading
-  (bad JSON, missing field, out-of-range value). METER_DECODE is active until
+  (bad JSON, missing field, implausible value: `check_plausible`). METER_DECODE is active until
   the next good reading.
 - `MeterRejectedError`: the device answered but refused the request (Modbus
   exception, HTTP error status). METER_REJECTED is active until the next good
@@ -24,6 +24,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import math
 
 from ...process_image import MeterReading
 from ..base import DeviceIssue, MeterDriver
@@ -44,6 +45,32 @@ class MeterDecodeError(Exception):
 
 class MeterRejectedError(Exception):
     """The device answered with an error instead of data."""
+
+
+# Plausibility bounds: a value outside them is a decoding problem, not a measurement.
+MAX_ABS_W = 10_000_000.0
+MAX_ABS_A = 100_000.0
+V_RANGE = (0.0, 1_000.0)
+HZ_RANGE = (40.0, 70.0)
+
+
+def check_plausible(reading: MeterReading) -> MeterReading:
+    """The reading itself, or MeterDecodeError naming the first implausible value."""
+
+    def need(ok: bool, what: str, value) -> None:
+        if not ok:
+            raise MeterDecodeError(f"implausible {what} = {value!r}")
+
+    need(reading.p_w is not None and math.isfinite(reading.p_w) and abs(reading.p_w) <= MAX_ABS_W, "p_w", reading.p_w)
+    for i, w in enumerate(reading.phase_p_w, start=1):
+        need(w is not None and math.isfinite(w) and abs(w) <= MAX_ABS_W, f"L{i} power (W)", w)
+    for i, v in enumerate(reading.phase_v, start=1):
+        need(v is not None and V_RANGE[0] <= v <= V_RANGE[1], f"L{i} voltage (V)", v)
+    for i, a in enumerate(reading.phase_a, start=1):
+        need(a is not None and math.isfinite(a) and abs(a) <= MAX_ABS_A, f"L{i} current (A)", a)
+    if reading.freq_hz is not None:
+        need(HZ_RANGE[0] <= reading.freq_hz <= HZ_RANGE[1], "frequency (Hz)", reading.freq_hz)
+    return reading
 
 
 class PollingMeter(MeterDriver):
@@ -70,6 +97,11 @@ class PollingMeter(MeterDriver):
     @abc.abstractmethod
     def endpoint(self) -> str:
         """Where the device is, for messages (e.g. 'http://10.0.0.5:80')."""
+
+    @property
+    def poll_timeout_s(self) -> float:
+        """The longest one poll may take (a transport that makes several requests widens it)."""
+        return self.config.timeout_s
 
     async def _open(self) -> None:
         """Prepare the client (must not raise if the device does not answer)."""
@@ -134,9 +166,9 @@ class PollingMeter(MeterDriver):
         self._stats["polls"] += 1
         t0 = self.clock.monotonic()
         try:
-            reading = await asyncio.wait_for(self._read(), timeout=self.config.timeout_s)
+            reading = check_plausible(await asyncio.wait_for(self._read(), timeout=self.poll_timeout_s))
         except (MeterCommError, asyncio.TimeoutError, OSError) as exc:
-            text = str(exc) or f"timeout after {self.config.timeout_s:g} s"
+            text = str(exc) or f"timeout after {self.poll_timeout_s:g} s"
             self._no_answer(text)
             return None
         except MeterDecodeError as exc:
@@ -150,8 +182,10 @@ class PollingMeter(MeterDriver):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let the task die: report it as no answer
-            log.exception("meter %s: unexpected error while polling", self.endpoint)
-            self._no_answer(f"{type(exc).__name__}: {exc}")
+            text = f"{type(exc).__name__}: {exc}"
+            if text != self._last_comm_error:  # once per distinct error, not every poll
+                log.exception("meter %s: unexpected error while polling", self.endpoint)
+            self._no_answer(text)
             return None
         self._stats["last_rtt_s"] = self.clock.monotonic() - t0
         self._stats["readings"] += 1
@@ -165,6 +199,7 @@ class PollingMeter(MeterDriver):
         self._last_comm_error = text
         if self._unanswered == self.config.comm_lost_after:
             log.warning("meter %s: communication lost (%s)", self.endpoint, text)
+            self._answer_problem = None  # what the device last said is no longer news
 
     def _answered(self, problem: tuple[str, str] | None) -> None:
         if self._unanswered >= self.config.comm_lost_after:

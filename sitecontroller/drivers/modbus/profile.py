@@ -107,6 +107,7 @@ class Profile:
     keepalive_s: float = 5.0
     writes: tuple[ControlWrite, ...] = ()
     sim_faults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    sim_states: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     # --- lookups ---------------------------------------------------------------
     @property
@@ -315,6 +316,7 @@ def _build(path: Path, data: dict, kind: str) -> Profile:
         keepalive_s=keepalive_s,
         writes=tuple(writes),
         sim_faults=MappingProxyType(dict(sim.get("faults", {}))),
+        sim_states=MappingProxyType(dict(sim.get("states", {}))),
     )
 
 
