@@ -5,7 +5,7 @@ import pytest
 
 from sitecontroller import params as params_mod
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "site_parameters" / "sim_node1.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "site_parameters" / "sim_node1_inproc.json"
 
 
 @pytest.fixture
