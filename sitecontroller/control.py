@@ -86,6 +86,8 @@ def decide(
         return Decision(0.0, False, note="no fresh BMS data: 0 W", **common)
     if image.inverter is None:
         return Decision(0.0, False, note="no fresh inverter data: 0 W", **common)
+    if image.inverter.faults:
+        return Decision(0.0, False, note="inverter reports a fault: 0 W, inverter stopped", **common)
 
     target = 0.0 if request_w is None else request_w
     setpoint, reason = limiter.next_setpoint(prev_setpoint_w, target, lim, params.safety.ramp_w_per_s, dt_s)

@@ -19,8 +19,9 @@ class NodeProcess:
     def __init__(self, params_file: Path, endpoint: str, log: Path):
         self.params_file, self.endpoint, self.log = params_file, endpoint, log
         self._log_f = open(log, "w")
+        # the README's main command, as a newcomer runs it (it adds --simulate --summary)
         self.proc = subprocess.Popen(
-            CLI + ["run", "--params", str(params_file), "--simulate"],
+            ["bash", str(REPO / "scripts" / "run-sim"), "--params", str(params_file)],
             stdout=self._log_f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
         )
 

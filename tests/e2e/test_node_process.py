@@ -8,21 +8,30 @@ pytestmark = pytest.mark.slow
 
 
 def test_status_setpoint_and_orderly_stop(node_params, start_node):
+    """scripts/run-sim: a node with simulated BMS (CAN), inverter (SunSpec) and meter (EM24)."""
     params_file, endpoint = node_params()
     node = start_node(params_file, endpoint)
-    status = node.wait_status(lambda s: s["state"] == "run", 20, "node in run")
+    status = node.wait_status(lambda s: s["state"] == "run" and s["grid_p_w"] is not None, 30, "node in run")
     for key in ("node_id", "state", "soc", "p_w", "grid_p_w", "errors", "cycle"):
         assert key in status
     assert status["node_id"] == "node1" and 0 <= status["soc"] <= 1
     assert set(status["cycle"]) >= {"period_ms_p50", "period_ms_p99", "overruns"}
-    grid_before = status["grid_p_w"]
+    # the SOC came from BMS frames (two racks on the CAN bus), the power from the inverter over Modbus
+    assert status["battery"]["racks_online"] == 2 and status["devices"]["bms"]["frames_decoded"] > 0
+    assert status["devices"]["inverter"]["polls"] > 0 and status["devices"]["meter"]["readings"] > 0
+    assert abs(status["p_w"]) < 1
+    soc_before, grid_before = status["soc"], status["grid_p_w"]
 
     r = node.cli("setpoint", "--w", "3000")
+    t_cmd = time.monotonic()
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("set_power done")
-    status = node.wait_status(lambda s: abs(s["p_w"] - 3000) < 50, 5, "inverter at 3000 W")
-    # the grid import falls by about the battery's output (load and PV move a little meanwhile)
-    assert status["grid_p_w"] == pytest.approx(grid_before - 3000, abs=400)
+    status = node.wait_status(lambda s: abs(s["p_w"] - 3000) < 30, 2.5, "inverter at 3000 W")
+    assert time.monotonic() - t_cmd < 2.5  # within 2 s, plus the time one status call takes
+    # the grid import falls by the same amount (load and PV drift a little meanwhile)
+    status = node.wait_status(lambda s: abs(s["grid_p_w"] - (grid_before - 3000)) < 300, 3, "grid import -3000 W")
+    # and the battery empties: 3 kW out of 10 kWh is 0.0001 SOC every 1.2 s
+    node.wait_status(lambda s: s["soc"] < soc_before - 0.0002, 20, "SOC falling")
 
     t0 = time.monotonic()
     node.proc.send_signal(signal.SIGTERM)

@@ -30,6 +30,7 @@ ROWS = [
     ("run", replace(BMS, discharge_limit_a=20.0), INV, 3000.0, 3000.0, 1040.0, True, True, "BMS"),  # cut at once
     ("run", None, INV, 3000.0, 3000.0, 0.0, False, True, "no fresh BMS"),
     ("run", BMS, None, 3000.0, 3000.0, 0.0, False, True, "no fresh inverter"),
+    ("run", BMS, replace(INV, faults=frozenset({"GRID_FAULT"})), 3000.0, 3000.0, 0.0, False, True, "inverter reports a fault"),
     ("sleep", BMS, INV, 3000.0, 3000.0, 0.0, False, True, "state sleep"),
     ("maintenance", BMS, INV, 3000.0, 0.0, 0.0, False, True, "state maintenance"),
     ("init", BMS, INV, None, 0.0, 0.0, False, True, "state init"),

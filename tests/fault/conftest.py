@@ -1,0 +1,91 @@
+"""A live node against the protocol simulators, in the test's event loop, on the real clock."""
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sitecontroller import params as params_mod
+from sitecontroller.clock import RealClock
+from sitecontroller.cycle import run_cycles
+from sitecontroller.drivers.factory import make_devices
+from sitecontroller.node import Node
+from sitecontroller.sim.site import SimulatedSite
+from tests.util import free_tcp_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class LiveNode:
+    def __init__(self, params):
+        self.params = params
+        self.clock = RealClock()
+        self.site = SimulatedSite(params, self.clock)
+        self.plant = self.site.plant
+        self.sims = self.site.sims
+        self.devices = make_devices(params, self.clock)
+        self.node = Node(params, self.clock, self.devices)
+        self.stop = asyncio.Event()
+        self._cycles = None
+
+    async def start(self):
+        await self.site.start()
+        await self.devices.start()
+        self._cycles = asyncio.create_task(
+            run_cycles(self.clock, self.params.cycle.period_s, self.node.step, self.stop, self.node.stats))
+
+    async def close(self):
+        self.stop.set()
+        if self._cycles:
+            await asyncio.gather(self._cycles, return_exceptions=True)
+        await self.devices.close()
+        await self.site.close()
+        self.node.commands.close()
+
+    async def until(self, predicate, timeout_s, what):
+        """Poll every 5 ms; return the monotonic time at which `predicate` first held."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; status: {self.node.status()}")
+            await asyncio.sleep(0.005)
+        return time.monotonic()
+
+    async def command(self, **raw):
+        ack = self.node.commands.submit(raw)
+        await self.until(lambda: self.node.commands.ack_of(ack.id).final, 2, f"final ack of {raw}")
+        return self.node.commands.ack_of(ack.id)
+
+    @property
+    def error_ids(self):
+        return {e.id for e in self.node.errors.listed()}
+
+
+def protocol_params(tmp_path, example="sim_node1.json", **overrides):
+    data = json.loads((REPO / "site_parameters" / example).read_text())
+    data["storage"] = {"data_dir": str(tmp_path / "{node_id}")}
+    data["control"] = {"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
+    for dev in ("inverter", "meter"):
+        if data["devices"].get(dev, {}).get("port"):
+            data["devices"][dev]["port"] = free_tcp_port()
+    data["devices"]["bms"]["can"]["channel"] = f"fault-{free_tcp_port()}"
+    for section, values in overrides.items():
+        data[section].update(values)
+    return params_mod.parse(data)
+
+
+@pytest.fixture
+async def live(tmp_path):
+    nodes = []
+
+    async def start(example="sim_node1.json", **overrides):
+        node = LiveNode(protocol_params(tmp_path, example, **overrides))
+        nodes.append(node)
+        await node.start()
+        await node.until(lambda: node.node.states.state == "run", 10, "node in run")
+        return node
+
+    yield start
+    for node in nodes:
+        await node.close()

@@ -1,0 +1,99 @@
+"""Safety behaviour with faults injected through the simulators' knobs (issue: device layer §6).
+
+Each test runs a node with the real protocol drivers (CAN + DBC, Modbus TCP)
+against the simulators, injects one fault, and asserts the outcome and the
+time it took.
+"""
+import pytest
+
+
+async def running_at(live_node, p_w):
+    ack = await live_node.command(type="set_power", p_w=p_w, hold_s=120)
+    assert ack.status == "done", ack
+    await live_node.until(lambda: abs(live_node.plant.inverter.p_w - p_w) < 1, 5, f"inverter at {p_w} W")
+    return ack
+
+
+async def test_inverter_comm_lost_means_zero_within_one_cycle_after_the_limit(live):
+    n = await live()
+    await running_at(n, 3000)
+    n.sims["inverter"].mute()
+    t_zero = await n.until(lambda: n.node.setpoint_w == 0.0, 5, "setpoint 0 W")
+    last_reading = n.devices.inverter.latest().t  # the last reading the driver got before the silence
+    limit, period = n.params.staleness.inverter_s, n.params.cycle.period_s
+    late = (t_zero - last_reading) - limit
+    assert 0 <= late <= period + 0.03, f"0 W came {late * 1000:.0f} ms after the staleness limit"
+    assert "INV_STALE" in n.error_ids and n.node.states.state == "run"
+    # the node resumes only when readings are fresh again
+    n.sims["inverter"].unmute()
+    await n.until(lambda: n.node.setpoint_w == 3000.0, 10, "setpoint back at 3000 W")
+    await n.until(lambda: abs(n.plant.inverter.p_w - 3000) < 1, 5, "inverter back at 3000 W")
+
+
+async def test_bms_silent_is_critical_opens_contactors_and_stops(live):
+    n = await live()
+    await running_at(n, 3000)
+    n.sims["bms"].drop()
+    t_drop = n.clock.monotonic()
+    t_error = await n.until(lambda: n.node.states.state == "error", 6, "state error")
+    assert "BMS_STALE" in n.error_ids
+    took = t_error - t_drop
+    assert took <= n.params.devices.bms.timeout_s + n.params.cycle.period_s + 0.3, f"took {took:.2f} s"
+    await n.until(lambda: n.plant.inverter.p_w == 0.0, 1, "inverter at 0 W")
+    await n.until(lambda: not n.plant.battery.contactor_closed, 2, "contactors opened by command")
+    n.sims["bms"].resume()
+    await n.until(lambda: n.node.image.bms is not None, 3, "BMS data again")
+    assert n.node.states.state == "error"  # the cause is gone, but nobody acknowledged it
+
+
+@pytest.mark.parametrize("knob,value,code", [
+    ("cell_v_fault_v", 0.5, "CELL_OVERVOLTAGE"),
+    ("cell_v_fault_v", -0.6, "CELL_UNDERVOLTAGE"),
+    ("temp_fault_c", 40.0, "CELL_OVERTEMP"),
+])
+async def test_cell_limits_are_critical_open_contactors_and_stop(live, knob, value, code):
+    n = await live()
+    await running_at(n, 2000)
+    setattr(n.plant.battery, knob, value)
+    t_fault = n.clock.monotonic()
+    t_error = await n.until(lambda: n.node.states.state == "error", 3, f"state error on {code}")
+    assert code in n.error_ids
+    assert t_error - t_fault < 0.5, f"took {t_error - t_fault:.2f} s"  # a frame (100 ms) + a cycle
+    await n.until(lambda: n.plant.inverter.p_w == 0.0, 1, "inverter at 0 W")
+    await n.until(lambda: not n.plant.battery.contactor_closed, 2, "contactors open")
+    # cleared and acknowledged: back to run
+    setattr(n.plant.battery, knob, 0.0)
+    ack = await n.command(type="ack_error", code="all")
+    assert ack.status == "done"
+    await n.until(lambda: n.node.states.state == "run", 5, "back in run")
+
+
+async def test_meter_stale_keeps_the_local_setpoint_and_reports_the_meter_absent(live):
+    n = await live()
+    await running_at(n, 1500)
+    n.plant.meter_stopped = True
+    await n.until(lambda: "METER_STALE" in n.error_ids, n.params.staleness.meter_s + 3, "METER_STALE")
+    status = n.node.status()
+    assert status["grid_p_w"] is None and "meter" in status["absent"]
+    assert status["state"] == "run" and n.plant.inverter.p_w == pytest.approx(1500)
+    n.plant.meter_stopped = False
+    await n.until(lambda: n.node.status()["grid_p_w"] is not None, 5, "meter back")
+
+
+async def test_a_setpoint_outside_the_window_is_clamped_and_the_ack_says_so(live):
+    n = await live(battery={"max_discharge_w": 2500})
+    ack = await n.command(type="set_power", p_w=4000)
+    assert ack.status == "done" and ack.result["applied_w"] == 2500
+    assert "clamped" in ack.detail and "2500 W allowed" in ack.detail
+    await n.until(lambda: abs(n.plant.inverter.p_w - 2500) < 1, 5, "inverter at 2500 W")
+    await n.until(lambda: False if n.plant.inverter.p_w > 2500 + 1 else True, 1, "never above")
+
+
+async def test_an_inverter_trip_holds_zero_until_the_fault_clears(live):
+    n = await live()
+    await running_at(n, 2000)
+    n.sims["inverter"].trip("GRID_FAULT")
+    await n.until(lambda: "INV_REPORTED_FAULT" in n.error_ids, 3, "inverter fault reported")
+    await n.until(lambda: n.node.setpoint_w == 0.0, 1, "setpoint 0 W")
+    n.plant.inverter.reset()
+    await n.until(lambda: n.node.setpoint_w == 2000.0, 5, "setpoint back")
