@@ -47,12 +47,8 @@ def protection(image: ProcessImage, safety, *, grace_over: bool) -> dict[str, st
             out["BMS_FAULT"] = "BMS fault: " + ", ".join(sorted(b.faults))
         if b.alarms:
             out["BMS_ALARM"] = "BMS alarm: " + ", ".join(sorted(b.alarms))
-    inv = image.inverter
-    if inv is None:
-        if grace_over or "inverter" in image.stale:
-            out["INV_STALE"] = "no fresh inverter data: holding 0 W"
-    elif inv.faults:
-        out["INV_REPORTED_FAULT"] = "inverter fault: " + ", ".join(sorted(inv.faults))
+    if image.inverter is None and (grace_over or "inverter" in image.stale):
+        out["INV_STALE"] = "no fresh inverter data: holding 0 W"
     if image.meter_configured and image.meter is None and (grace_over or "meter" in image.stale):
         out["METER_STALE"] = "no fresh grid meter data"
     return out

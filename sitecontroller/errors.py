@@ -30,7 +30,6 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "CELL_OVERTEMP": (CRITICAL, "a cell is above the maximum temperature"),
     "CELL_UNDERTEMP": (CRITICAL, "a cell is below the minimum temperature"),
     "INV_STALE": (ERROR, "no fresh inverter data within its staleness limit: holding 0 W"),
-    "INV_REPORTED_FAULT": (ERROR, "the inverter reports a fault"),
     "METER_STALE": (WARNING, "grid meter data missing or stale: modes that need it are unavailable"),
     "CYCLE_OVERRUN": (WARNING, "control cycles are overrunning their deadline"),
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),

@@ -8,7 +8,7 @@ Each has a `silent` knob that makes it stop producing readings (comm loss).
 from __future__ import annotations
 
 from ..process_image import BmsReading, InverterReading, MeterReading
-from .base import BmsCommand, BmsDriver, InverterCommand, InverterDriver, MeterDriver
+from .base import BmsCommand, BmsDriver, DeviceIssue, InverterCommand, InverterDriver, MeterDriver
 
 
 class _InprocDriver:
@@ -63,6 +63,10 @@ class InprocInverter(_InprocDriver, InverterDriver):
             state="fault" if inv.tripped else ("running" if inv.running else "stopped"),
             faults=frozenset(inv.faults), rated_w=inv.rated_w, setpoint_p_w=inv.setpoint_p_w,
         )
+
+    def issues(self) -> list[DeviceIssue]:
+        faults = self.plant.inverter.faults
+        return [DeviceIssue("INV_FAULT", "inverter fault: " + ", ".join(sorted(faults)))] if faults else []
 
     def command(self, cmd: InverterCommand) -> None:
         if self.silent:

@@ -93,7 +93,7 @@ async def test_an_inverter_trip_holds_zero_until_the_fault_clears(live):
     n = await live()
     await running_at(n, 2000)
     n.sims["inverter"].trip("GRID_FAULT")
-    await n.until(lambda: "INV_REPORTED_FAULT" in n.error_ids, 3, "inverter fault reported")
+    await n.until(lambda: "INV_FAULT" in n.error_ids, 3, "inverter fault reported")
     await n.until(lambda: n.node.setpoint_w == 0.0, 1, "setpoint 0 W")
     n.plant.inverter.reset()
     await n.until(lambda: n.node.setpoint_w == 2000.0, 5, "setpoint back")

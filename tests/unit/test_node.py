@@ -203,3 +203,16 @@ def test_meter_stale_keeps_running_on_the_local_setpoint_and_reports_it(rig):
     rig.plant.meter_stopped = False
     rig.run(0.3)
     assert "METER_STALE" not in rig.error_ids  # a warning goes with its cause
+
+
+def test_an_inverter_trip_is_one_error_and_holds_zero(rig):
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=2000)
+    rig.run(1.0)
+    rig.plant.inverter.trip("GRID_FAULT")
+    rig.run(0.2)
+    assert "INV_FAULT" in rig.error_ids and rig.node.setpoint_w == 0.0
+    assert rig.node.states.state == "run"  # an error, not critical: the node waits for the inverter
+    rig.plant.inverter.reset()
+    rig.run(1.0)
+    assert rig.node.setpoint_w == pytest.approx(2000)

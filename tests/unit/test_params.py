@@ -26,7 +26,7 @@ from sitecontroller.params import ParamsError, SiteParams, load, parse
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "site_parameters").glob("*.json"))
-GOOD = REPO / "site_parameters" / "sim_node1.json"
+GOOD = REPO / "site_parameters" / "sim_node1_inproc.json"
 README = REPO / "site_parameters" / "README.md"
 
 # "<$path>: found <value>; allowed: <rule>" -- the shape of every problem line about content.
