@@ -4,8 +4,6 @@ import json
 import time
 from pathlib import Path
 
-import pytest
-
 from sitecontroller import params as params_mod
 from sitecontroller.clock import RealClock
 from sitecontroller.cycle import run_cycles
@@ -14,7 +12,7 @@ from sitecontroller.node import Node
 from sitecontroller.sim.site import SimulatedSite
 from tests.util import free_tcp_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 class LiveNode:
@@ -73,19 +71,3 @@ def protocol_params(tmp_path, example="sim_node1.json", **overrides):
     for section, values in overrides.items():
         data[section].update(values)
     return params_mod.parse(data)
-
-
-@pytest.fixture
-async def live(tmp_path):
-    nodes = []
-
-    async def start(example="sim_node1.json", **overrides):
-        node = LiveNode(protocol_params(tmp_path, example, **overrides))
-        nodes.append(node)
-        await node.start()
-        await node.until(lambda: node.node.states.state == "run", 10, "node in run")
-        return node
-
-    yield start
-    for node in nodes:
-        await node.close()
