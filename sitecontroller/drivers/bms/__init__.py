@@ -34,7 +34,7 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
         "application hangs, its data is not used.",
     ),
     "BMS_BUS_ERROR": (
-        "error",
+        "warning",  # a lasting bus failure makes the BMS data stale: BMS_STALE is the critical error
         "The CAN bus cannot be opened, reports bus-off/error frames, or a send failed; the driver reopens the "
         "bus. Check the interface (ip link), wiring, termination and bitrate.",
     ),
@@ -50,7 +50,7 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
     ),
     "BMS_CMD_UNSUPPORTED": (
         "warning",
-        "The node asks for a contactor, balancing or sleep state that this BMS protocol cannot command.",
+        "The node asks for a contactor or sleep state that this BMS protocol cannot command.",
     ),
     "BMS_CMD_NOT_APPLIED": (
         "error",

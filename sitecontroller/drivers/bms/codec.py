@@ -1,0 +1,150 @@
+"""CAN frames <-> signal values for a multi-rack BMS, with the DBC as the only source of truth.
+
+Shared by the driver, the simulated BMS and the decode benchmark, so the two
+ends of the bus can never disagree about a bit.
+
+Multi-rack addressing (documented in each DBC's header comment): a frame sent
+by node `BMS` is sent once per rack, rack r at `frame_id + r * stride`; the
+stride is the DBC attribute `RackIdStride` unless the configuration overrides
+it. Frames sent by any other node (the controller's command, an inverter
+keep-alive) are not offset and belong to no rack.
+
+A frame whose id is known but whose payload cannot be used (too short, a value
+outside the range the DBC declares) raises `FrameError`; the caller counts it.
+A frame whose id is unknown decodes to None (another device on the bus).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import can
+import cantools
+
+# sitecontroller/drivers/bms/codec.py -> the repository root holds dbc/ (works for an editable install)
+DBC_DIR = Path(__file__).resolve().parents[3] / "dbc"
+DEFAULT_DBC = {"bess_sim": "bess_sim.dbc", "pylontech": "pylontech.dbc"}
+RACK_SENDER = "BMS"
+EXTENDED = 0x8000_0000  # key bit for 29-bit identifiers (as cantools does)
+
+
+class FrameError(ValueError):
+    """A frame with a known id whose payload is unusable (length, range, garbage)."""
+
+
+def dbc_path(model: str, name: str | None = None) -> Path:
+    """The DBC file for `model`: `name` (a file in dbc/ or an absolute path) or the model's default."""
+    if name is None:
+        if model not in DEFAULT_DBC:
+            raise ValueError(f"BMS model {model!r} has no DBC; CAN models: {', '.join(DEFAULT_DBC)}")
+        name = DEFAULT_DBC[model]
+    path = Path(name)
+    if not path.is_absolute():
+        path = DBC_DIR / path
+    if not path.is_file():
+        raise FileNotFoundError(f"DBC file {str(path)!r} not found (dbc files live in {DBC_DIR})")
+    return path
+
+
+@functools.lru_cache(maxsize=16)
+def load_dbc(path: str | Path) -> cantools.database.can.Database:
+    """Parse a DBC once per process (the database is only read afterwards)."""
+    return cantools.database.load_file(str(path), database_format="dbc", strict=True)
+
+
+def dbc_attribute(db, name: str, default=None):
+    attrs = getattr(getattr(db, "dbc", None), "attributes", None) or {}
+    attr = attrs.get(name)
+    return attr.value if attr is not None else default
+
+
+def _range_checks(msg) -> tuple[tuple[str, float, float], ...]:
+    """(signal, low, high) for every signal whose DBC range is narrower than its raw range."""
+    checks = []
+    for sig in msg.signals:
+        if sig.minimum is None and sig.maximum is None:
+            continue
+        tol = abs(sig.scale) / 2
+        lo = -float("inf") if sig.minimum is None else sig.minimum - tol
+        hi = float("inf") if sig.maximum is None else sig.maximum + tol
+        raw_lo = 0 if not sig.is_signed else -(1 << (sig.length - 1))
+        raw_hi = (1 << sig.length) - 1 if not sig.is_signed else (1 << (sig.length - 1)) - 1
+        ends = (raw_lo * sig.scale + sig.offset, raw_hi * sig.scale + sig.offset)
+        if min(ends) >= lo and max(ends) <= hi:
+            continue  # every raw value is in range: nothing to check
+        checks.append((sig.name, lo, hi))
+    return tuple(checks)
+
+
+class FrameCodec:
+    """Decode received frames to (rack, message name, values); encode values to frames."""
+
+    def __init__(self, db, racks: int, stride: int | None = None):
+        self.db = db
+        self.racks = racks
+        self.stride = int(stride or dbc_attribute(db, "RackIdStride", 16))
+        rack_max = int(dbc_attribute(db, "RackCountMax", 64))
+        if racks > rack_max:
+            raise ValueError(f"{racks} racks configured, the DBC allows at most {rack_max}")
+        self._rx: dict[int, tuple[int | None, object, tuple]] = {}
+        self._by_name = {m.name: m for m in db.messages}
+        for msg in db.messages:
+            checks = _range_checks(msg)
+            per_rack = RACK_SENDER in msg.senders
+            for rack in (range(racks) if per_rack else (None,)):
+                frame_id = self.frame_id(msg, rack)
+                key = frame_id | (EXTENDED if msg.is_extended_frame else 0)
+                if key in self._rx:
+                    other = self._rx[key]
+                    raise ValueError(
+                        f"CAN id 0x{frame_id:X} of {msg.name} (rack {rack}) collides with "
+                        f"{other[1].name} (rack {other[0]}): choose another rack id stride"
+                    )
+                self._rx[key] = (rack, msg, checks)
+
+    def frame_id(self, msg, rack: int | None) -> int:
+        frame_id = msg.frame_id + (rack * self.stride if rack else 0)
+        if not msg.is_extended_frame and frame_id > 0x7FF:
+            raise ValueError(f"{msg.name} of rack {rack} would need id 0x{frame_id:X}, beyond 11 bits")
+        return frame_id
+
+    def message(self, name: str):
+        return self._by_name[name]
+
+    def decode(self, arbitration_id: int, data, extended: bool = False):
+        """(rack or None, message name, {signal: value}); None for an id this DBC does not know."""
+        entry = self._rx.get(arbitration_id | EXTENDED if extended else arbitration_id)
+        if entry is None:
+            return None
+        rack, msg, checks = entry
+        try:
+            values = msg.decode_simple(bytes(data), False, True)
+        except Exception as exc:  # cantools raises DecodeError, bitstruct may raise others
+            raise FrameError(f"{msg.name} (id 0x{arbitration_id:X}): {exc}") from None
+        for name, lo, hi in checks:
+            value = values[name]
+            if not lo <= value <= hi:
+                raise FrameError(f"{msg.name} (id 0x{arbitration_id:X}): {name}={value:g} outside [{lo:g}, {hi:g}]")
+        return rack, msg.name, values
+
+    def encode(self, name: str, values: dict, rack: int | None = None) -> can.Message:
+        """A frame for message `name` (of `rack` for per-rack messages); values are clamped to the DBC range."""
+        msg = self._by_name[name]
+        clamped = {}
+        for sig in msg.signals:
+            value = values.get(sig.name, 0)
+            if sig.minimum is not None and value < sig.minimum:
+                value = sig.minimum
+            elif sig.maximum is not None and value > sig.maximum:
+                value = sig.maximum
+            clamped[sig.name] = value
+        data = msg.encode(clamped, scaling=True, padding=False, strict=False)
+        return can.Message(
+            arbitration_id=self.frame_id(msg, rack), data=data, is_extended_id=msg.is_extended_frame
+        )
+
+    def encode_raw(self, name: str, raw: dict, rack: int | None = None) -> can.Message:
+        """A frame from raw (unscaled) integers, unchecked: lets the simulator send out-of-range values."""
+        msg = self._by_name[name]
+        data = msg.encode({s.name: raw.get(s.name, 0) for s in msg.signals}, scaling=False, strict=False)
+        return can.Message(arbitration_id=self.frame_id(msg, rack), data=data, is_extended_id=msg.is_extended_frame)
