@@ -1,6 +1,6 @@
 """Run the simulated devices of a parameter file on their own (no node).
 
-    python -m sitecontroller.sim --params site_parameters/sim_node1_protocols.json
+    python -m sitecontroller.sim --params site_parameters/sim_node2_pylontech_lux_p1.json
 
 so that a driver, `mbpoll` or another third-party client can be pointed at
 them. Runs until Ctrl-C / SIGTERM.
