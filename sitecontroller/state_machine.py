@@ -23,13 +23,13 @@ LIVE = ["init", "run", "sleep", "maintenance", "error"]  # states the process ke
 POWER_STATES = frozenset({"run"})
 
 TRANSITIONS = [
-    {"trigger": "ready", "source": "init", "dest": "run", "conditions": "_guard_run"},
+    {"trigger": "ready", "source": "init", "dest": "run", "conditions": "no_critical_error"},
     {"trigger": "sleep", "source": "run", "dest": "sleep"},
-    {"trigger": "wake", "source": "sleep", "dest": "run", "conditions": "_guard_run"},
+    {"trigger": "wake", "source": "sleep", "dest": "run", "conditions": "no_critical_error"},
     {"trigger": "maintenance", "source": ["run", "sleep"], "dest": "maintenance"},
-    {"trigger": "resume", "source": "maintenance", "dest": "run", "conditions": "_guard_run"},
+    {"trigger": "resume", "source": "maintenance", "dest": "run", "conditions": "no_critical_error"},
     {"trigger": "fault", "source": ["init", "run", "sleep", "maintenance"], "dest": "error"},
-    {"trigger": "recover", "source": "error", "dest": "init", "conditions": "_guard_leave_error"},
+    {"trigger": "recover", "source": "error", "dest": "init", "conditions": "causes_cleared_and_acknowledged"},
     {"trigger": "restart", "source": LIVE, "dest": "restart"},
     {"trigger": "reboot", "source": LIVE, "dest": "reboot"},
 ]
@@ -84,10 +84,10 @@ class NodeStateMachine:
         )
 
     # --- guards and callbacks (called by transitions) -----------------------
-    def _guard_run(self, event) -> bool:
+    def no_critical_error(self, event) -> bool:
         return self._run_blocker() is None
 
-    def _guard_leave_error(self, event) -> bool:
+    def causes_cleared_and_acknowledged(self, event) -> bool:
         return self._error_blocker() is None
 
     def _log_transition(self, event) -> None:

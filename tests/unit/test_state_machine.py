@@ -104,3 +104,17 @@ def test_diagram_is_drawn_from_the_same_table():
     text = diagram("mermaid")
     for (source, trigger), dest in ALLOWED.items():
         assert f"{source} --> {dest}: {trigger}" in text
+
+
+def test_diagram_image_is_drawn_with_graphviz(tmp_path):
+    """`sitecontroller state-diagram --format png` (graphviz is installed by scripts/test)."""
+    import shutil
+    import subprocess
+    import sys
+
+    assert shutil.which("dot"), "graphviz `dot` is missing: run scripts/test, which installs it"
+    out = tmp_path / "states.png"
+    r = subprocess.run([sys.executable, "-m", "sitecontroller.cli", "state-diagram", "--format", "png", "--out", str(out)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
