@@ -72,3 +72,15 @@ def test_status_of_a_node_that_is_not_running_fails_in_one_line(node_params, tmp
     assert r.returncode == 1
     assert r.stderr.strip().count("\n") == 0 and "did not answer within 2 s" in r.stderr
     assert time.monotonic() - t0 < 5
+
+
+def test_a_second_node_on_a_taken_endpoint_fails_with_one_clear_line(node_params, start_node):
+    params_file, endpoint = node_params("sim_node1_inproc.json")
+    first = start_node(params_file, endpoint)
+    first.wait_status(lambda s: s["state"] == "run", 20, "first node in run")
+    other_file, _ = node_params("sim_node1_inproc.json", control={"endpoint": endpoint})
+    second = start_node(other_file, endpoint)
+    assert second.proc.wait(20) == 1
+    out = second.output()
+    assert "cannot start: cannot listen on control endpoint" in out and "Traceback" not in out
+    assert first.status()["state"] == "run"  # the running node is unharmed
