@@ -99,21 +99,23 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
 
 
 async def _orderly_stop(node: Node, clock, cycles: asyncio.Task, stop: asyncio.Event) -> None:
-    """Ramp to 0 W, then stop the inverter and open the contactors."""
-    log.info("stopping: ramping to 0 W")
-    await cycles  # the cycle loop ends at its next deadline because `stop` is set
-    node.stopping = True
-    deadline = clock.monotonic() + STOP_BUDGET_S
+    """Ramp to 0 W, then stop the inverter, then open the contactors (within STOP_BUDGET_S)."""
+    log.info("stopping: ramping to 0 W, then inverter off, then contactors open")
+    await asyncio.gather(cycles, return_exceptions=True)  # ends at its next deadline: `stop` is set
+    node.begin_stop()
     period = node.params.cycle.period_s
-    while clock.monotonic() < deadline:
+    idle_w = max(50.0, 0.01 * node.params.devices.inverter.rated_w)
+    ramp_until = clock.monotonic() + STOP_BUDGET_S - 0.4  # leave time for the two last steps
+    while clock.monotonic() < ramp_until:
         node.step()
-        inv = node.image.inverter
-        if node.setpoint_w == 0.0 and (inv is None or abs(inv.p_w) < 1.0):
+        inv = node.image.inverter if node.image else None
+        if node.setpoint_w == 0.0 and (inv is None or abs(inv.p_w) < idle_w):
             break
         await clock.sleep_until(clock.monotonic() + period)
-    node.stopped = True
-    node.step()  # inverter stopped, contactors open
-    await asyncio.sleep(min(0.2, period))  # let the drivers put the last commands on the wire
+    for phase in ("off", "open"):
+        node.stop_phase = phase
+        node.step()
+        await asyncio.sleep(0.15)  # let the drivers put the command on the wire
 
 
 async def _watch_exit(node: Node, stop: asyncio.Event) -> None:

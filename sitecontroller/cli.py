@@ -141,8 +141,12 @@ def cmd_state_diagram(args) -> int:
     if args.format == "mermaid":
         sys.stdout.write(out)
     else:
-        with open(args.out, "wb") as f:
-            f.write(out)
+        try:
+            with open(args.out, "wb") as f:
+                f.write(out)
+        except OSError as exc:
+            print(f"sitecontroller: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+            return 1
         print(f"wrote {args.out}")
     return 0
 

@@ -123,7 +123,8 @@ class CommandBook:
     def submit(self, raw: Any) -> Ack:
         """Validate and queue a raw request. A repeated id gets the earlier ack back."""
         raw_id = raw.get("id") if isinstance(raw, dict) else None
-        if isinstance(raw_id, str) and raw_id in self._acks:
+        raw_id = raw_id if isinstance(raw_id, str) else None
+        if raw_id is not None and raw_id in self._acks:
             log.info("command %s is a duplicate: answering with its earlier acknowledgement", raw_id)
             return self._acks[raw_id]
         try:
@@ -166,9 +167,12 @@ class CommandBook:
         log.log(level, "command %s %s %s%s", ack.id, ack.type or "?", ack.status, f": {ack.detail}" if ack.detail else "")
         if self._audit:
             line = {"wall": round(self._clock.wall(), 3), **ack.to_dict(), "payload": payload}
-            self._audit.write(json.dumps(line, default=str) + "\n")
-            self._audit.flush()
-            os.fsync(self._audit.fileno())
+            try:
+                self._audit.write(json.dumps(line, default=str) + "\n")
+                self._audit.flush()
+                os.fsync(self._audit.fileno())
+            except OSError as exc:  # a full disk must not stop the node: the log above still has it
+                log.error("cannot append to the audit log %s: %s", self._audit_path, exc)
 
     def _restore_recent(self) -> None:
         """Remember the ids of recent commands across a restart (dedup survives it)."""

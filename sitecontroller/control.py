@@ -6,6 +6,7 @@ for the inverter and the BMS. Neither does I/O or reads a clock.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import limits as limiter
@@ -23,17 +24,21 @@ class Decision:
     note: str  # why the setpoint is what it is (for status and logs)
 
 
-def protection(image: ProcessImage, safety, *, grace_over: bool) -> dict[str, str]:
+def protection(image: ProcessImage, safety, *, grace_over: bool, uncontrolled_s: float = 0.0) -> dict[str, str]:
     """Protection errors present in this image (code -> text).
 
     `grace_over` is False during start-up, when no reading has arrived yet
-    and a missing device is not (yet) an error.
+    and a missing device is not (yet) an error. `uncontrolled_s` > 0: the
+    inverter has been silent that long while the BMS still sees power flowing.
     """
     out: dict[str, str] = {}
     b = image.bms
     if b is None:
         if grace_over or "bms" in image.stale:
             out["BMS_STALE"] = "no fresh BMS data: battery state unknown"
+    elif not all(math.isfinite(x) for x in (b.soc, b.pack_v, b.pack_a, b.cell_v_min_v, b.cell_v_max_v,
+                                              b.cell_t_min_c, b.cell_t_max_c)):
+        out["BMS_DATA_INVALID"] = "the BMS reports a non-numeric value (NaN/inf): battery state unknown"
     else:
         if b.cell_v_max_v > safety.cell_v_max_v:
             out["CELL_OVERVOLTAGE"] = f"cell #{b.cell_v_max_idx} at {b.cell_v_max_v:.3f} V > max {safety.cell_v_max_v} V"
@@ -41,14 +46,19 @@ def protection(image: ProcessImage, safety, *, grace_over: bool) -> dict[str, st
             out["CELL_UNDERVOLTAGE"] = f"cell #{b.cell_v_min_idx} at {b.cell_v_min_v:.3f} V < min {safety.cell_v_min_v} V"
         if b.cell_t_max_c > safety.cell_t_max_c:
             out["CELL_OVERTEMP"] = f"cell temperature {b.cell_t_max_c:.1f} °C > max {safety.cell_t_max_c} °C"
-        if b.cell_t_min_c < safety.cell_t_min_c - 10:
-            out["CELL_UNDERTEMP"] = f"cell temperature {b.cell_t_min_c:.1f} °C < {safety.cell_t_min_c - 10} °C"
+        cold_c = safety.cell_t_min_c - limiter.COLD_DISCHARGE_MARGIN_C  # the limiter's own cold-discharge bound
+        if b.cell_t_min_c < cold_c:
+            out["CELL_UNDERTEMP"] = f"cell temperature {b.cell_t_min_c:.1f} °C < {cold_c} °C"
         if b.faults:
             out["BMS_FAULT"] = "BMS fault: " + ", ".join(sorted(b.faults))
         if b.alarms:
             out["BMS_ALARM"] = "BMS alarm: " + ", ".join(sorted(b.alarms))
     if image.inverter is None and (grace_over or "inverter" in image.stale):
         out["INV_STALE"] = "no fresh inverter data: holding 0 W"
+    if uncontrolled_s > 0 and b is not None:
+        out["UNCONTROLLED_POWER"] = (
+            f"inverter silent for {uncontrolled_s:.0f} s while the battery still carries {b.pack_w:.0f} W: opening contactors"
+        )
     if image.meter_configured and image.meter is None and (grace_over or "meter" in image.stale):
         out["METER_STALE"] = "no fresh grid meter data"
     return out
@@ -62,12 +72,14 @@ def decide(
     dt_s: float,
     params,
     rated_w: float,
+    ramp_w_per_s: float | None = None,
 ) -> Decision:
-    """Commands for this cycle. Safety narrows at once; normal changes ramp."""
+    """Commands for this cycle. Safety narrows at once; normal changes ramp
+    (at `ramp_w_per_s`, default the safety parameter; an orderly stop ramps faster)."""
     lim = limiter.compute_limits(
         image.bms, params.safety, params.battery, rated_w=rated_w, backup=params.features.BACKUP
     )
-    contactor = state not in ("error", "restart", "reboot")
+    contactor = state != "error"  # an orderly stop opens them itself, after 0 W
     balancing = bool(
         params.features.CELL_BALANCE
         and image.bms is not None
@@ -86,7 +98,8 @@ def decide(
         return Decision(0.0, False, note="inverter reports a fault: 0 W, inverter stopped", **common)
 
     target = 0.0 if request_w is None else request_w
-    setpoint, reason = limiter.next_setpoint(prev_setpoint_w, target, lim, params.safety.ramp_w_per_s, dt_s)
+    ramp = params.safety.ramp_w_per_s if ramp_w_per_s is None else ramp_w_per_s
+    setpoint, reason = limiter.next_setpoint(prev_setpoint_w, target, lim, ramp, dt_s)
     if reason:
         note = reason
     elif request_w is None:

@@ -64,9 +64,14 @@ class ControlServer:
     async def _answer(self, ident: bytes, body: bytes) -> None:
         try:
             request = json.loads(body)
-            reply = await self.handle(request)
         except ValueError as exc:
             reply = {"ok": False, "error": f"request is not valid JSON: {exc}"}
+        else:
+            try:
+                reply = await self.handle(request)
+            except Exception as exc:  # every request gets an answer
+                log.exception("control request failed")
+                reply = {"ok": False, "error": f"internal error: {exc}"}
         await self._sock.send_multipart([ident, b"", json.dumps(reply, default=str).encode()])
 
     async def handle(self, request: Any) -> dict[str, Any]:
@@ -76,8 +81,10 @@ class ControlServer:
         if op == "status":
             return {"ok": True, "status": self.node.status()}
         if op == "command":
+            wait_s = request.get("wait_s", 2.0)
+            if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= 10:
+                return {"ok": False, "error": f"wait_s: found {wait_s!r}; allowed: a number of seconds 0..10"}
             ack = self.node.commands.submit(request.get("command"))
-            wait_s = min(float(request.get("wait_s", 2.0)), 10.0)
             deadline = time.monotonic() + wait_s
             while not ack.final and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
@@ -96,7 +103,10 @@ def request(endpoint: str, payload: dict[str, Any], timeout_s: float = 2.0) -> d
     sock = ctx.socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     try:
-        sock.connect(endpoint)
+        try:
+            sock.connect(endpoint)
+        except zmq.ZMQError as exc:
+            raise NodeUnreachable(f"cannot use endpoint {endpoint!r}: {exc} (expected tcp://HOST:PORT or ipc://PATH)") from None
         sock.send(json.dumps(payload).encode())
         if not sock.poll(int(timeout_s * 1000)):
             raise NodeUnreachable(f"node at {endpoint} did not answer within {timeout_s:g} s (is it running?)")

@@ -31,7 +31,9 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "CELL_UNDERTEMP": (CRITICAL, "a cell is below the minimum temperature"),
     "INV_STALE": (ERROR, "no fresh inverter data within its staleness limit: holding 0 W"),
     "METER_STALE": (WARNING, "grid meter data missing or stale: modes that need it are unavailable"),
-    "CYCLE_OVERRUN": (WARNING, "control cycles are overrunning their deadline"),
+    "CYCLE_FAILED": (CRITICAL, "a control cycle raised an exception: 0 W, inverter off, contactors open"),
+    "UNCONTROLLED_POWER": (CRITICAL, "the inverter is silent while the battery still carries power"),
+    "BMS_DATA_INVALID": (CRITICAL, "the BMS reports non-numeric values"),
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),
 }
 
@@ -94,9 +96,8 @@ class ErrorRegistry:
             entry.last_wall, entry.count = now, entry.count + 1
             log.log(_level(entry.severity), "error raised again %s [%s] from %s: %s", code, entry.severity, source, text)
         else:
-            if entry.text == text:
-                return entry
-            entry.text = text
+            entry.text = text  # a live value in the text changed: not worth a disk write
+            return entry
         self._save()
         return entry
 
@@ -120,11 +121,20 @@ class ErrorRegistry:
                 self.clear(entry.id)
 
     def acknowledge(self, code: str) -> str | None:
-        """Acknowledge one error id, or 'all'. Returns the reason if nothing was acknowledged."""
-        targets = list(self._entries) if code == "all" else [code]
+        """Acknowledge one error id, or 'all'. Returns the reason if nothing was acknowledged.
+
+        A critical error whose cause is still active cannot be acknowledged in
+        advance (an e-stop is reset only after it was released): 'all' skips it.
+        """
         if code != "all" and code not in self._entries:
             listed = ", ".join(sorted(self._entries)) or "none"
             return f"no listed error {code!r} (listed: {listed})"
+        blocked = {c for c, e in self._entries.items() if e.severity == CRITICAL and e.active}
+        if code != "all" and code in blocked:
+            return f"{code} cannot be acknowledged while its cause is active ({self._entries[code].text}); clear it first"
+        targets = [c for c in self._entries if c not in blocked] if code == "all" else [code]
+        if not targets:
+            return f"nothing to acknowledge: causes still active: {', '.join(sorted(blocked))}"
         for c in targets:
             entry = self._entries[c]
             entry.acknowledged = True
@@ -160,17 +170,30 @@ class ErrorRegistry:
 
     # --- persistence -------------------------------------------------------------
     def _save(self) -> None:
+        """Write the listed set atomically (temp file, fsync, rename, fsync the folder).
+
+        A disk that fails (full, read-only) is logged, never raised: the node keeps
+        its errors in memory and keeps protecting the battery.
+        """
         self.changed = True
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self._path.with_suffix(".tmp")
         data = {"version": 1, "errors": [asdict(e) for e in self._entries.values()]}
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+            folder = os.open(self._path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+        except OSError as exc:
+            log.error("cannot persist errors to %s: %s (kept in memory)", self._path, exc)
 
     def _load(self) -> None:
         try:

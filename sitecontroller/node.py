@@ -9,7 +9,7 @@ the real clock (a field node) and the simulated one (tests, simulated days).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import control
@@ -25,6 +25,8 @@ from .state_machine import NodeStateMachine
 log = logging.getLogger("sitecontroller.node")
 
 EXIT_CODES = {"restart": 75, "reboot": 76}  # what the service unit maps (README: "Running as a service")
+STOP_RAMP_S = 0.8  # an orderly stop ramps to 0 W in about this long, whatever the ramp parameter
+UNCONTROLLED_LIMIT_S = 5.0  # inverter silent while the BMS sees power flowing this long: critical
 
 
 @dataclass
@@ -47,15 +49,27 @@ class Node:
         self.started_at = clock.monotonic()
         self.request: LocalRequest | None = None
         self.setpoint_w = 0.0
-        self.stopping = False  # orderly stop in progress: ramp to 0 W
-        self.stopped = False  # ramp done: inverter off, contactors open
+        self.stop_phase: str | None = None  # orderly stop: "ramp" -> "off" (inverter) -> "open" (contactors)
+        self._stop_ramp_w_per_s: float | None = None
+        self._uncontrolled_since: float | None = None
         self.image: ProcessImage | None = None
         self.decision: control.Decision | None = None
         self._last_step: float | None = None
         self._rated_w = params.devices.inverter.rated_w
+        self._idle_w = max(100.0, 0.02 * self._rated_w)  # battery power below this counts as idle
 
     # --- the cycle ------------------------------------------------------------------
     def step(self) -> None:
+        """One cycle. Never raises: a failing cycle commands the safe state instead."""
+        try:
+            self._step()
+        except Exception as exc:
+            self._fail_safe(exc)
+        else:
+            if self.errors.is_active("CYCLE_FAILED"):
+                self.errors.clear("CYCLE_FAILED")
+
+    def _step(self) -> None:
         now = self.clock.monotonic()
         dt = self.params.cycle.period_s if self._last_step is None else max(0.0, now - self._last_step)
         self._last_step = now
@@ -75,33 +89,69 @@ class Node:
             self._execute(cmd, image)
         self._expire_request(now)
         self._drive_state()
+        if self.states.state in ("restart", "reboot"):
+            self.begin_stop()
+        self._write(self._decide(image, dt))
 
-        decision = control.decide(
-            image, self.states.state, self.request.p_w if self.request else None, self.setpoint_w, dt, self.params, self._rated_w
-        )
-        if self.stopping:
-            decision = self._stopping(decision, dt)
+    def _write(self, decision: control.Decision) -> None:
         self.decision = decision
         self.setpoint_w = decision.setpoint_w
-        d.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run))
-        d.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
+        self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run))
+        self.devices.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
 
-    def _stopping(self, decision: control.Decision, dt: float) -> control.Decision:
-        """Orderly stop: reach 0 W within about a second whatever the ramp parameter,
-        then (once `stopped`) stop the inverter and open the contactors."""
-        fast = max(self.params.safety.ramp_w_per_s, abs(self.setpoint_w) / 1.0)
-        setpoint = 0.0 if self.stopped else limiter.ramp(self.setpoint_w, 0.0, fast, dt)
-        return control.Decision(
-            setpoint_w=setpoint, inverter_run=setpoint != 0.0, contactor_closed=not self.stopped,
-            balancing=False, bms_sleep=False, limits=decision.limits,
-            note="stopped: inverter off, contactors open" if self.stopped else "stopping: ramping to 0 W",
+    def _decide(self, image: ProcessImage, dt: float) -> control.Decision:
+        state = self.states.state
+        request = self.request.p_w if self.request else None
+        if self.stop_phase is None:
+            return control.decide(image, state, request, self.setpoint_w, dt, self.params, self._rated_w)
+        # Orderly stop: the same decision with no request and a fast fixed ramp, so that an
+        # error, stale data, an inverter fault or a narrower limit still acts at once.
+        ramping = self.stop_phase == "ramp" and self.setpoint_w != 0.0 and state in ("run", "restart", "reboot")
+        decision = control.decide(image, "run" if ramping else state, None, self.setpoint_w, dt, self.params,
+                                  self._rated_w, ramp_w_per_s=self._stop_ramp_w_per_s)
+        if self.stop_phase == "ramp":
+            return replace(decision, balancing=False, bms_sleep=False, note=f"stopping: {decision.note}")
+        if self.stop_phase == "off":
+            return replace(decision, setpoint_w=0.0, inverter_run=False, balancing=False, bms_sleep=False,
+                           note="stopping: inverter off")
+        return replace(decision, setpoint_w=0.0, inverter_run=False, contactor_closed=False, balancing=False,
+                       bms_sleep=False, note="stopped: inverter off, contactors open")
+
+    def begin_stop(self) -> None:
+        """Start an orderly stop: ramp to 0 W within about STOP_RAMP_S, linearly."""
+        if self.stop_phase is None:
+            self.stop_phase = "ramp"
+            self._stop_ramp_w_per_s = max(self.params.safety.ramp_w_per_s, abs(self.setpoint_w) / STOP_RAMP_S)
+            self.request = None
+            log.info("orderly stop: ramping %.0f W to 0 W at %.0f W/s", self.setpoint_w, self._stop_ramp_w_per_s)
+
+    def _fail_safe(self, exc: Exception) -> None:
+        """A cycle raised (a bug, a full disk): hold 0 W, stop the inverter, open the contactors."""
+        log.critical("control cycle failed: %r; commanding 0 W, inverter off, contactors open", exc, exc_info=exc)
+        self.request, self.setpoint_w = None, 0.0
+        steps = (
+            lambda: self.devices.inverter.command(InverterCommand(p_w=0.0, run=False)),
+            lambda: self.devices.bms.command(BmsCommand(contactor_closed=False)),
+            lambda: self.errors.raise_("CYCLE_FAILED", "node", f"control cycle failed: {exc!r}"),
+            lambda: self.states.go("fault", cause=f"control cycle failed: {exc!r}"),
         )
+        for safe_step in steps:
+            try:
+                safe_step()
+            except Exception:  # keep going: every step that works makes the node safer
+                log.exception("fail-safe step failed")
 
     def _sync_errors(self, image: ProcessImage, now: float) -> None:
         grace_over = now - self.started_at > max(self.params.staleness.bms_s, self.params.staleness.inverter_s)
         for driver in self.devices.all():
             self.errors.sync(driver.kind, {i.code: i.text for i in driver.issues()})
-        self.errors.sync("protection", control.protection(image, self.params.safety, grace_over=grace_over))
+        flowing = image.inverter is None and image.bms is not None and abs(image.bms.pack_w) > self._idle_w
+        self._uncontrolled_since = (self._uncontrolled_since or now) if flowing else None
+        uncontrolled_s = 0.0 if self._uncontrolled_since is None else now - self._uncontrolled_since
+        self.errors.sync("protection", control.protection(
+            image, self.params.safety, grace_over=grace_over,
+            uncontrolled_s=uncontrolled_s if uncontrolled_s >= UNCONTROLLED_LIMIT_S else 0.0,
+        ))
 
     def _drive_state(self) -> None:
         sm = self.states
@@ -175,6 +225,7 @@ class Node:
         trigger = "reboot" if cmd.reboot else "restart"
         if not self.states.go(trigger, cause=f"command {cmd.id} from {cmd.source}"):
             return REJECTED, f"cannot {trigger} from state {self.states.state}", {}
+        self.begin_stop()
         return DONE, f"orderly {trigger}: ramping to 0 W, then exiting", {}
 
     # --- what the node reports -------------------------------------------------------

@@ -57,11 +57,20 @@ PROTECTION_ROWS = [
     (image(bms=replace(BMS, cell_v_max_v=3.65, cell_v_max_idx=7)), True, {"CELL_OVERVOLTAGE"}),
     (image(bms=replace(BMS, cell_v_min_v=2.80)), True, {"CELL_UNDERVOLTAGE"}),
     (image(bms=replace(BMS, cell_t_max_c=51.0)), True, {"CELL_OVERTEMP"}),
-    (image(bms=replace(BMS, cell_t_min_c=-11.0)), True, {"CELL_UNDERTEMP"}),
+    (image(bms=replace(BMS, cell_t_min_c=-19.0)), True, set()),  # the limiter still allows cold discharge here
+    (image(bms=replace(BMS, cell_t_min_c=-21.0)), True, {"CELL_UNDERTEMP"}),  # below the limiter's cold bound
+    (image(bms=replace(BMS, cell_t_max_c=float("nan"))), True, {"BMS_DATA_INVALID"}),
     (image(bms=replace(BMS, faults=frozenset({"cell_ov"}))), True, {"BMS_FAULT"}),
     (image(bms=replace(BMS, alarms=frozenset({"high_temp"}))), True, {"BMS_ALARM"}),
     (image(inv=replace(INV, faults=frozenset({"GRID_FAULT"}))), True, set()),  # the driver reports INV_FAULT
 ]
+
+
+def test_uncontrolled_power_is_critical(make_params):
+    errs = protection(image(inv=None, bms=replace(BMS, pack_a=60.0)), make_params().safety, grace_over=True,
+                      uncontrolled_s=5.2)
+    assert set(errs) == {"INV_STALE", "UNCONTROLLED_POWER"}
+    assert "3120 W" in errs["UNCONTROLLED_POWER"]
 
 
 @pytest.mark.parametrize("img,grace_over,expected", PROTECTION_ROWS)

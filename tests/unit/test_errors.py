@@ -30,14 +30,43 @@ def test_error_is_latched_until_acknowledged():
     assert ids(reg) == []
 
 
-def test_acknowledging_an_active_error_keeps_it_listed_until_the_cause_clears():
+def test_an_active_critical_error_cannot_be_acknowledged_in_advance():
     reg = registry()
     reg.raise_("CELL_OVERTEMP", "protection", "52 °C")
-    reg.acknowledge("CELL_OVERTEMP")
-    assert ids(reg) == ["CELL_OVERTEMP"]
-    assert reg.error_blocker() == "cause still active: CELL_OVERTEMP"
+    reason = reg.acknowledge("CELL_OVERTEMP")
+    assert "cannot be acknowledged while its cause is active (52 °C)" in reason
+    assert reg.acknowledge("all").startswith("nothing to acknowledge: causes still active: CELL_OVERTEMP")
     reg.clear("CELL_OVERTEMP")
+    assert reg.error_blocker() == "not acknowledged: CELL_OVERTEMP"
+    assert reg.acknowledge("CELL_OVERTEMP") is None
     assert ids(reg) == [] and reg.error_blocker() is None
+
+
+def test_ack_all_acknowledges_what_it_can_and_skips_active_criticals():
+    reg = registry()
+    reg.raise_("ESTOP", "operator")
+    reg.raise_("INV_STALE", "protection")  # an active *error* may be acknowledged
+    reg.raise_("BMS_STALE", "protection")
+    reg.clear("BMS_STALE")
+    assert reg.acknowledge("all") is None
+    assert {e.id: e.acknowledged for e in reg.listed()} == {"ESTOP": False, "INV_STALE": True}
+
+
+def test_a_live_value_in_the_text_does_not_rewrite_the_file(tmp_path):
+    reg = registry(tmp_path)
+    reg.raise_("CELL_OVERTEMP", "protection", "51.0 °C")
+    before = (tmp_path / "errors.json").stat().st_mtime_ns
+    reg.raise_("CELL_OVERTEMP", "protection", "51.3 °C")
+    assert (tmp_path / "errors.json").stat().st_mtime_ns == before
+    assert reg.listed()[0].text == "51.3 °C"
+
+
+def test_a_disk_that_fails_keeps_the_errors_in_memory(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")
+    reg = ErrorRegistry(SimClock(), blocker / "errors.json", codes=dict(NODE_CODES))
+    reg.raise_("BMS_STALE", "protection")  # must not raise
+    assert ids(reg) == ["BMS_STALE"] and reg.run_blocker()
 
 
 def test_critical_blocks_run_and_leaving_error_needs_clear_and_ack():

@@ -135,8 +135,12 @@ def test_cell_faults_are_critical_and_need_clear_plus_acknowledge(rig, knob, val
     ack = rig.command(type="set_state", target="run")
     assert ack.status == "rejected" and "acknowledge" in ack.detail
     ack = rig.command(type="ack_error", code=code)
-    assert ack.status == "done" and "stays in error" in ack.detail  # acknowledged, cause still there
+    assert ack.status == "rejected" and "cause is active" in ack.detail  # no acknowledging in advance
     setattr(rig.plant.battery, knob, 0.0)
+    rig.run(0.3)
+    assert rig.node.states.state == "error"  # cleared, but nobody acknowledged it since
+    ack = rig.command(type="ack_error", code=code)
+    assert ack.status == "done"
     rig.run(0.3)
     assert rig.node.states.state == "run"
 
@@ -178,7 +182,9 @@ def test_estop_engages_and_release_plus_ack_recovers(rig):
     assert rig.command(type="estop", engaged=True).status == "done"
     rig.run(0.1)
     assert rig.node.states.state == "error" and rig.plant.inverter.p_w == 0.0
+    assert rig.command(type="ack_error", code="ESTOP").status == "rejected"  # still engaged
     rig.command(type="estop", engaged=False)
+    rig.run(0.5)
     assert rig.node.states.state == "error"
     rig.command(type="ack_error", code="ESTOP")
     rig.run(0.2)
@@ -216,3 +222,96 @@ def test_an_inverter_trip_is_one_error_and_holds_zero(rig):
     rig.plant.inverter.reset()
     rig.run(1.0)
     assert rig.node.setpoint_w == pytest.approx(2000)
+
+
+def stop_trace(rig, seconds):
+    """(setpoint, inverter_run, contactor_closed) of each cycle for `seconds`."""
+    out = []
+    for _ in range(round(seconds / rig.period)):
+        rig.run(rig.period)
+        d = rig.node.decision
+        out.append((round(d.setpoint_w), d.inverter_run, d.contactor_closed))
+    return out
+
+
+def test_restart_ramps_linearly_to_zero_then_stops_the_inverter_then_opens_contactors(make_params):
+    r = Rig(make_params(safety={"ramp_w_per_s": 300}))  # a slow grid-code ramp: the stop is faster
+    r.run(0.2)
+    r.command(type="set_power", p_w=5000, hold_s=600)
+    r.run(20)
+    assert r.node.setpoint_w == pytest.approx(5000)
+    r.command(type="restart")  # the cycle that carries it out takes the first step already
+    first = r.node.setpoint_w
+    trace = stop_trace(r, 1.0)
+    powers = [p for p, _, _ in trace]
+    assert first < 5000 and 0 in powers[:8], trace  # 0 W within about 0.8 s
+    steps = [a - b for a, b in zip([first] + powers, powers)]
+    assert max(steps) <= 5000 / 0.8 * 0.1 + 1, trace  # linear, no cut from full power
+    assert all(c for _, _, c in trace), "contactors stay closed until the app's last stop phase"
+    r.node.stop_phase = "off"
+    r.run(0.1)
+    assert r.node.decision.inverter_run is False and r.node.decision.contactor_closed is True
+    r.node.stop_phase = "open"
+    r.run(0.1)
+    assert r.node.decision.contactor_closed is False and r.plant.battery.contactor_closed is False
+    assert r.node.exit_requested == 75
+
+
+def test_an_orderly_stop_never_overrides_an_error(rig):
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=5000)
+    rig.run(1.0)
+    rig.node.begin_stop()  # SIGTERM
+    rig.run(0.1)
+    assert 0 < rig.node.setpoint_w < 5000
+    rig.command(type="estop", engaged=True)  # during the ramp
+    rig.run(0.1)
+    d = rig.node.decision
+    assert (d.setpoint_w, d.inverter_run, d.contactor_closed) == (0.0, False, False)
+
+
+def test_an_orderly_stop_of_a_node_in_error_keeps_the_contactors_open(rig):
+    rig.run(0.2)
+    rig.command(type="estop", engaged=True)
+    rig.run(0.2)
+    assert rig.plant.battery.contactor_closed is False
+    rig.node.begin_stop()
+    for phase in (None, "off", "open"):
+        if phase:
+            rig.node.stop_phase = phase
+        rig.run(0.1)
+        assert rig.node.decision.contactor_closed is False and rig.plant.battery.contactor_closed is False
+
+
+def test_a_cycle_that_raises_commands_the_safe_state_and_the_node_keeps_cycling(rig, monkeypatch):
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=3000)
+    rig.run(1.0)
+    assert rig.plant.inverter.p_w == pytest.approx(3000)
+    import sitecontroller.control as control
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug in decide")
+
+    monkeypatch.setattr(control, "decide", broken)
+    rig.run(0.2)  # must not raise
+    assert rig.plant.inverter.run_requested is False and rig.plant.inverter.p_w == 0.0
+    assert rig.plant.battery.contactor_closed is False
+    assert "CYCLE_FAILED" in rig.error_ids and rig.node.states.state == "error"
+    monkeypatch.undo()
+    rig.run(0.2)
+    assert not rig.node.errors.is_active("CYCLE_FAILED")  # cycles work again: the cause is gone
+    assert rig.command(type="ack_error", code="all").status == "done"
+    rig.run(0.3)
+    assert rig.node.states.state == "run" and rig.node.setpoint_w == 0.0  # the old request is gone
+
+
+def test_inverter_silent_while_power_still_flows_becomes_critical(rig):
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=4000)
+    rig.run(1.0)
+    rig.devices.inverter.silent = True  # an inverter without a watchdog keeps its last setpoint
+    took = rig.run_until(lambda: "UNCONTROLLED_POWER" in rig.error_ids, 10, "UNCONTROLLED_POWER")
+    assert took <= rig.params.staleness.inverter_s + 5.0 + 0.3
+    rig.run(0.2)
+    assert rig.node.states.state == "error" and rig.plant.battery.contactor_closed is False
