@@ -35,8 +35,10 @@ def setup_logging(params, level: str = "INFO") -> None:
     logfile = logging.handlers.RotatingFileHandler(params.data_dir / "node.log", maxBytes=5_000_000, backupCount=5)
     logfile.setFormatter(fmt)
     root.addHandler(logfile)
-    for noisy in ("transitions", "pymodbus", "can", "aiohttp.access"):
+    for noisy in ("transitions", "can", "aiohttp.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pymodbus logs an ERROR per timeout; the drivers report those as issues already
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def summary_line(status: dict) -> str:

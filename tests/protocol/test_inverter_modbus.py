@@ -299,3 +299,21 @@ def test_factory_dispatches_every_model(monkeypatch):
         make_inverter(InverterConfig(model="inproc", transport="inproc", rated_w=RATED_W), RealClock())
     assert set(ISSUE_CODES) == {"INV_COMM_LOST", "INV_FAULT", "INV_DECODE", "INV_WRITE_FAILED"}
     assert all(sev in ("warning", "error", "critical") for sev, _ in ISSUE_CODES.values())
+
+
+async def test_single_register_writes_when_the_profile_asks_for_function_6():
+    prof = replace(load_profile("luxpowertek"), write_function=6)
+    async with rig("luxpowertek", profile=prof) as r:
+        await first_reading(r)
+        r.drv.command(InverterCommand(p_w=-2000.0, run=True))
+        await async_wait_until(lambda: r.plant.inverter.setpoint_p_w == pytest.approx(-2000.0), what="FC6 writes")
+        assert r.codes() == set()
+
+
+async def test_an_rtu_link_that_cannot_open_is_a_comm_error():
+    from sitecontroller.drivers.modbus import CommError
+
+    client = ModbusClient(transport="serial", serial_port="/dev/nonexistent-tty", timeout_s=0.2)
+    with pytest.raises(CommError):
+        await client.read("holding", 0, 1)
+    client.close()

@@ -20,7 +20,8 @@ from sitecontroller.drivers.modbus import (
     sunspec_layout,
 )
 from sitecontroller.drivers.modbus.codec import merge_masked
-from sitecontroller.drivers.modbus.profile import Point, resolve_sunspec
+from sitecontroller.drivers.modbus.layout import resolve_sunspec
+from sitecontroller.drivers.modbus.profile import Point
 
 MODELS = InverterConfig.MODBUS_MODELS
 

@@ -121,7 +121,13 @@ def raw_from_value(point: "Point", value, sf: int | None = None):
     raw = (float(value) - point.add) / (point.sign * factor)
     if point.type == "float32":
         return raw
-    return int(round(raw))
+    return round_half_away(raw)
+
+
+def round_half_away(x: float) -> int:
+    """Nearest integer, halves away from zero, after trimming float noise (231.15 / 0.1 -> 2312)."""
+    x = round(x, 6)
+    return int(math.floor(abs(x) + 0.5)) * (1 if x >= 0 else -1)
 
 
 def encode_raw(point: "Point", raw) -> list[int]:

@@ -1,0 +1,200 @@
+"""An asyncio Modbus client for one device: TCP or RTU serial, timeouts, reconnect with backoff.
+
+A thin shell around pymodbus's async clients that turns every failure into one
+of two exceptions a driver can act on:
+
+- `CommError`: no usable answer (refused, reset, timeout, not connected). The
+  connection is dropped (a late answer can never be taken for the next one)
+  and the next call reconnects, no sooner than the backoff allows (doubling
+  from `backoff_min_s` to `backoff_max_s`, reset by a successful connect).
+- `DeviceError`: the device answered with a Modbus exception (`.code`).
+
+Every request is bounded by `timeout_s`; nothing here retries on its own.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+
+log = logging.getLogger(__name__)
+
+EXCEPTION_NAMES = {
+    1: "ILLEGAL_FUNCTION", 2: "ILLEGAL_ADDRESS", 3: "ILLEGAL_VALUE", 4: "DEVICE_FAILURE",
+    5: "ACKNOWLEDGE", 6: "DEVICE_BUSY", 10: "GATEWAY_PATH_UNAVAILABLE", 11: "GATEWAY_NO_RESPONSE",
+}
+
+
+class CommError(Exception):
+    """The device did not answer usefully (the link is down or timed out)."""
+
+
+class DeviceError(Exception):
+    """The device answered with a Modbus exception response."""
+
+    def __init__(self, code: int, what: str):
+        self.code = code
+        super().__init__(f"{what}: Modbus exception {code} ({EXCEPTION_NAMES.get(code, 'unknown')})")
+
+
+class ModbusClient:
+    def __init__(
+        self,
+        *,
+        transport: str = "tcp",
+        host: str | None = None,
+        port: int | None = None,
+        serial_port: str | None = None,
+        baudrate: int = 9600,
+        parity: str = "N",
+        stopbits: int = 1,
+        unit_id: int = 1,
+        timeout_s: float = 1.0,
+        backoff_min_s: float = 0.1,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        if transport not in ("tcp", "serial"):
+            raise ValueError(f"Modbus transport must be 'tcp' or 'serial', not {transport!r}")
+        self.transport = transport
+        self.host, self.port = host, port
+        self.serial_port, self.baudrate, self.parity, self.stopbits = serial_port, baudrate, parity, stopbits
+        self.unit_id = unit_id
+        self.timeout_s = timeout_s
+        self.backoff_min_s, self.backoff_max_s = backoff_min_s, backoff_max_s
+        self._client = None
+        self._backoff_s = 0.0
+        self._next_attempt = 0.0
+        self._lock = asyncio.Lock()
+        self.rtts_s: collections.deque[float] = collections.deque(maxlen=2000)
+        self.counters = {"requests": 0, "comm_errors": 0, "device_errors": 0, "connects": 0, "connect_failures": 0}
+
+    @classmethod
+    def from_config(cls, config, **kw) -> "ModbusClient":
+        """From any `DeviceConnection` (inverter or meter parameters)."""
+        return cls(
+            transport=config.transport, host=config.host, port=config.port,
+            serial_port=config.serial_port, baudrate=config.baudrate, parity=config.parity,
+            stopbits=config.stopbits, unit_id=config.unit_id, timeout_s=config.timeout_s, **kw,
+        )
+
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}" if self.transport == "tcp" else f"{self.serial_port}@{self.baudrate}"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def stats(self) -> dict[str, float]:
+        out = dict(self.counters)
+        if self.rtts_s:
+            out["last_rtt_s"] = self.rtts_s[-1]
+        return out
+
+    # --- connection --------------------------------------------------------------
+    def _make(self):
+        common = dict(timeout=self.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0)
+        if self.transport == "tcp":
+            from pymodbus.client import AsyncModbusTcpClient
+
+            return AsyncModbusTcpClient(self.host, port=self.port, **common)
+        try:
+            import serial  # noqa: F401  (pymodbus needs pyserial for RTU)
+        except ImportError:
+            raise CommError("Modbus RTU needs the 'pyserial' package, which is not installed") from None
+        from pymodbus.client import AsyncModbusSerialClient
+
+        return AsyncModbusSerialClient(
+            self.serial_port, baudrate=self.baudrate, parity=self.parity, stopbits=self.stopbits, bytesize=8, **common
+        )
+
+    async def connect(self) -> bool:
+        """Connect now (ignoring the backoff). Never raises; False if it failed."""
+        self._drop()
+        try:
+            client = self._make()
+            ok = await asyncio.wait_for(client.connect(), self.timeout_s + 0.5)
+        except (CommError, OSError, asyncio.TimeoutError) as exc:
+            log.debug("modbus connect to %s failed: %s", self.where, exc)
+            ok, client = False, None
+        if ok and client is not None and client.connected:
+            self._client = client
+            self._backoff_s = 0.0
+            self.counters["connects"] += 1
+            return True
+        if client is not None:
+            client.close()
+        self.counters["connect_failures"] += 1
+        self._schedule_retry()
+        return False
+
+    def _schedule_retry(self) -> None:
+        self._backoff_s = min(self.backoff_max_s, max(self.backoff_min_s, self._backoff_s * 2))
+        self._next_attempt = time.monotonic() + self._backoff_s
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+
+    def close(self) -> None:
+        self._drop()
+
+    async def _ensure(self) -> None:
+        if self.connected:
+            return
+        if self._client is not None:  # the peer closed the link
+            self._drop()
+            self._schedule_retry()
+        wait = self._next_attempt - time.monotonic()
+        if wait > 0:
+            raise CommError(f"{self.where}: not connected (next attempt in {wait:.2f} s)")
+        if not await self.connect():
+            raise CommError(f"{self.where}: cannot connect")
+
+    # --- requests ----------------------------------------------------------------
+    async def _call(self, what: str, make_request):
+        async with self._lock:
+            await self._ensure()
+            self.counters["requests"] += 1
+            t0 = time.perf_counter()
+            try:
+                rr = await asyncio.wait_for(make_request(self._client), self.timeout_s + 0.5)
+            except asyncio.CancelledError:
+                self._drop()
+                raise
+            except Exception as exc:  # timeout, connection lost, garbled frame: the link is unusable
+                self.counters["comm_errors"] += 1
+                self._drop()
+                self._schedule_retry()
+                raise CommError(f"{self.where}: {what}: {type(exc).__name__}: {exc}") from None
+            self.rtts_s.append(time.perf_counter() - t0)
+            if rr.isError():
+                self.counters["device_errors"] += 1
+                raise DeviceError(getattr(rr, "exception_code", 0), f"{self.where}: {what}")
+            return rr
+
+    async def read(self, table: str, address: int, count: int) -> list[int]:
+        """Read `count` holding or input registers from `address`."""
+        what = f"read {table} {address}+{count}"
+        if table == "holding":
+            rr = await self._call(what, lambda c: c.read_holding_registers(address, count=count, device_id=self.unit_id))
+        elif table == "input":
+            rr = await self._call(what, lambda c: c.read_input_registers(address, count=count, device_id=self.unit_id))
+        else:
+            raise ValueError(f"unknown register table {table!r}")
+        regs = list(rr.registers)
+        if len(regs) < count:
+            raise CommError(f"{self.where}: {what}: short answer ({len(regs)} registers)")
+        return regs[:count]
+
+    async def write(self, address: int, values: list[int], single: bool = False) -> None:
+        """Write holding registers (FC16; FC6 when `single` and one register)."""
+        what = f"write {address}+{len(values)}"
+        if single and len(values) == 1:
+            await self._call(what, lambda c: c.write_register(address, values[0], device_id=self.unit_id))
+        else:
+            await self._call(what, lambda c: c.write_registers(address, list(values), device_id=self.unit_id))
