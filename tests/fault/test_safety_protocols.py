@@ -63,6 +63,8 @@ async def test_cell_limits_are_critical_open_contactors_and_stop(live, knob, val
     await n.until(lambda: not n.plant.battery.contactor_closed, 2, "contactors open")
     # cleared and acknowledged: back to run
     setattr(n.plant.battery, knob, 0.0)
+    # an active critical error cannot be acknowledged in advance: wait until the BMS frames show it gone
+    await n.until(lambda: not n.node.errors.is_active(code), 3, f"{code} cause cleared")
     ack = await n.command(type="ack_error", code="all")
     assert ack.status == "done"
     await n.until(lambda: n.node.states.state == "run", 5, "back in run")
