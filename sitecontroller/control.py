@@ -64,6 +64,12 @@ def protection(image: ProcessImage, safety, *, grace_over: bool, uncontrolled_s:
     return out
 
 
+def limits_for(image: ProcessImage, params, rated_w: float) -> limiter.PowerLimits:
+    """The charge limiter applied to this image with this node's parameters."""
+    return limiter.compute_limits(image.bms, params.safety, params.battery, rated_w=rated_w,
+                                  backup=params.features.BACKUP)
+
+
 def decide(
     image: ProcessImage,
     state: str,
@@ -76,9 +82,7 @@ def decide(
 ) -> Decision:
     """Commands for this cycle. Safety narrows at once; normal changes ramp
     (at `ramp_w_per_s`, default the safety parameter; an orderly stop ramps faster)."""
-    lim = limiter.compute_limits(
-        image.bms, params.safety, params.battery, rated_w=rated_w, backup=params.features.BACKUP
-    )
+    lim = limits_for(image, params, rated_w)
     contactor = state != "error"  # an orderly stop opens them itself, after 0 W
     balancing = bool(
         params.features.CELL_BALANCE

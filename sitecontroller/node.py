@@ -185,10 +185,7 @@ class Node:
             return REJECTED, f"node is in state {self.states.state}: power is exchanged only in run", {}
         if cmd.p_w > self._rated_w or cmd.p_w < -self._rated_w:
             return REJECTED, f"p_w {cmd.p_w:.0f} W outside the inverter rating ±{self._rated_w:.0f} W", {}
-        lim = limiter.compute_limits(
-            image.bms, self.params.safety, self.params.battery, rated_w=self._rated_w, backup=self.params.features.BACKUP
-        )
-        applied, reason = limiter.clamp(cmd.p_w, lim)
+        applied, reason = limiter.clamp(cmd.p_w, control.limits_for(image, self.params, self._rated_w))
         hold = cmd.hold_s or self.params.staleness.setpoint_s
         self.request = LocalRequest(cmd.p_w, self.clock.monotonic() + hold, cmd.id)
         detail = f"request {cmd.p_w:.0f} W for {hold:g} s"

@@ -1,8 +1,6 @@
 """A live node against the protocol simulators, in the test's event loop, on the real clock."""
 import asyncio
-import json
 import time
-from pathlib import Path
 
 from sitecontroller import params as params_mod
 from sitecontroller.clock import RealClock
@@ -10,9 +8,8 @@ from sitecontroller.cycle import run_cycles
 from sitecontroller.drivers.factory import make_devices
 from sitecontroller.node import Node
 from sitecontroller.sim.site import SimulatedSite
-from tests.util import free_tcp_port
+from tests.util import isolated_example
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class LiveNode:
@@ -61,13 +58,4 @@ class LiveNode:
 
 
 def protocol_params(tmp_path, example="sim_node1.json", **overrides):
-    data = json.loads((REPO / "site_parameters" / example).read_text())
-    data["storage"] = {"data_dir": str(tmp_path / "{node_id}")}
-    data["control"] = {"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
-    for dev in ("inverter", "meter"):
-        if data["devices"].get(dev, {}).get("port"):
-            data["devices"][dev]["port"] = free_tcp_port()
-    data["devices"]["bms"]["can"]["channel"] = f"fault-{free_tcp_port()}"
-    for section, values in overrides.items():
-        data[section].update(values)
-    return params_mod.parse(data)
+    return params_mod.parse(isolated_example(example, tmp_path, **overrides))

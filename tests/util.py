@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_tcp_port() -> int:
@@ -35,3 +39,21 @@ async def async_wait_until(predicate, timeout_s: float = 5.0, interval_s: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(interval_s)
+
+
+def isolated_example(example: str, workdir: Path, **overrides) -> dict:
+    """An example parameter file's data with its own free ports, endpoint, CAN channel and data dir,
+    so that tests never collide; `overrides` update whole sections."""
+    data = json.loads((REPO / "site_parameters" / example).read_text())
+    data["control"] = {"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
+    data["storage"] = {"data_dir": str(Path(workdir) / "{node_id}")}
+    for dev in ("inverter", "meter"):
+        cfg = data["devices"].get(dev)
+        if cfg and cfg.get("port"):
+            cfg["port"] = free_tcp_port()
+    can = data["devices"]["bms"].get("can")
+    if can and can.get("interface") == "virtual":
+        can["channel"] = f"test-{free_tcp_port()}"
+    for section, values in overrides.items():
+        data[section].update(values)
+    return data

@@ -15,11 +15,10 @@ import abc
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from ..errors import CRITICAL, ERROR, WARNING  # noqa: F401  (drivers name their issue severities with these)
 from ..process_image import BmsReading, InverterReading, MeterReading
 
 R = TypeVar("R")
-
-WARNING, ERROR, CRITICAL = "warning", "error", "critical"
 
 
 @dataclass(frozen=True, slots=True)

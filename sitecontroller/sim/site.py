@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from ..drivers.inverter.config import InverterConfig
+from ..drivers.meter.config import MeterConfig
 from .plant import Plant
 
 log = logging.getLogger("sitecontroller.sim")
-
-INVERTER_MODBUS = ("abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec")
 
 
 def make_simulators(plant: Plant, params, clock) -> dict[str, object]:
@@ -25,7 +25,7 @@ def make_simulators(plant: Plant, params, clock) -> dict[str, object]:
         from .bms import SimBms
 
         sims["bms"] = SimBms(plant, dev.bms, clock)
-    if dev.inverter.model in INVERTER_MODBUS:
+    if dev.inverter.model in InverterConfig.MODBUS_MODELS:
         from .inverter import SimModbusInverter
 
         sims["inverter"] = SimModbusInverter(plant, dev.inverter)
@@ -33,7 +33,7 @@ def make_simulators(plant: Plant, params, clock) -> dict[str, object]:
         from .indevolt import SimIndevolt
 
         sims["inverter"] = SimIndevolt(plant, dev.inverter)
-    if dev.meter is not None and dev.meter.model in ("em24", "em340"):
+    if dev.meter is not None and dev.meter.model in MeterConfig.MODBUS_MODELS:
         from .meter import SimModbusMeter
 
         sims["meter"] = SimModbusMeter(plant, dev.meter)

@@ -4,14 +4,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.util import free_tcp_port, wait_until
+from tests.util import REPO, isolated_example, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "sitecontroller.cli"]
 
 
@@ -55,18 +53,7 @@ def node_params(tmp_path):
     """Write a parameter file for one node with its own port, endpoint and data directory."""
 
     def make(example="sim_node1.json", **overrides):
-        data = json.loads((REPO / "site_parameters" / example).read_text())
-        data["control"] = {"endpoint": f"tcp://127.0.0.1:{free_tcp_port()}"}
-        data["storage"] = {"data_dir": str(tmp_path / "{node_id}")}
-        for dev in ("inverter", "meter"):
-            cfg = data["devices"].get(dev)
-            if cfg and cfg.get("port"):
-                cfg["port"] = free_tcp_port()
-        bms = data["devices"]["bms"]
-        if bms.get("can", {}).get("interface") == "virtual":
-            bms["can"]["channel"] = f"e2e-{free_tcp_port()}"
-        for section, values in overrides.items():
-            data[section].update(values)
+        data = isolated_example(example, tmp_path, **overrides)
         path = tmp_path / f"params-{len(list(tmp_path.glob('params-*')))}.json"
         path.write_text(json.dumps(data))
         return path, data["control"]["endpoint"]
