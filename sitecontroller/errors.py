@@ -35,6 +35,8 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "UNCONTROLLED_POWER": (CRITICAL, "the inverter is silent while the battery still carries power"),
     "BMS_DATA_INVALID": (CRITICAL, "the BMS reports non-numeric values"),
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),
+    "INV_NOT_FOLLOWING": (CRITICAL, "the inverter delivers more power than commanded, or the other direction"),
+    "INV_UNDERDELIVERING": (WARNING, "the inverter delivers less power than commanded"),
 }
 
 

@@ -44,6 +44,15 @@ class SafetyParams(Strict):
     cell_t_max_c: float = Field(50.0, ge=-40, le=80)
     cell_t_derate_c: float = Field(5.0, ge=0, le=30, description="power derates to 0 within this of a temp limit")
     ramp_w_per_s: float = Field(5000.0, gt=0, le=10_000_000)
+    follow_tolerance_w: float = Field(
+        300.0, ge=10, le=1_000_000,
+        description="the inverter may differ from its setpoint by this plus follow_tolerance_frac x setpoint",
+    )
+    follow_tolerance_frac: float = Field(0.1, ge=0, le=1, description="share of the setpoint added to the tolerance")
+    follow_s: float = Field(
+        5.0, gt=0, le=60,
+        description="more power than commanded (or the other direction) this long: critical INV_NOT_FOLLOWING",
+    )
 
     @model_validator(mode="after")
     def _ordered(self):

@@ -11,6 +11,10 @@ meter power positive = import; SOC/SOH are fractions 0..1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    from .control.sources import SetpointReading
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class ProcessImage:
     meter: MeterReading | None
     meter_configured: bool = True
     stale: frozenset[str] = field(default_factory=frozenset)  # names of stale sources
+    setpoints: Mapping[str, "SetpointReading"] = field(default_factory=dict)  # fresh setpoint sources by name
+    setpoints_expired: frozenset[str] = field(default_factory=frozenset)  # sources whose value expired
 
 
 def fresh(reading, now: float, limit_s: float):
@@ -99,12 +105,15 @@ def freeze(
     meter: MeterReading | None,
     limits_s: dict[str, float],
     meter_configured: bool = True,
+    setpoints: Mapping[str, "SetpointReading"] | None = None,
+    setpoints_expired: frozenset[str] = frozenset(),
 ) -> ProcessImage:
     """Build the cycle's image from the drivers' latest readings.
 
     `limits_s` maps "bms", "inverter", "meter" to their staleness limits.
     A source that has produced a reading which is now too old is listed in
-    `stale`; a source that never produced one is simply absent.
+    `stale`; a source that never produced one is simply absent. `setpoints`
+    are the fresh setpoint sources (`SetpointSources.freeze`), passed through.
     """
     stale = set()
     latest = {"bms": bms, "inverter": inverter, "meter": meter}
@@ -121,4 +130,6 @@ def freeze(
         meter=frozen["meter"],
         meter_configured=meter_configured,
         stale=frozenset(stale),
+        setpoints=dict(setpoints or {}),
+        setpoints_expired=setpoints_expired,
     )

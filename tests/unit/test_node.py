@@ -73,7 +73,7 @@ def test_a_request_expires_and_the_node_returns_to_zero(make_params):
     r.run(1.0)
     assert r.node.setpoint_w == pytest.approx(2000)
     r.run(2.0)
-    assert r.node.setpoint_w == 0.0 and r.node.request is None
+    assert r.node.setpoint_w == 0.0 and r.node.sources["local"].latest() is None
 
 
 def test_a_request_outside_the_limits_is_clamped_and_the_ack_says_why(make_params):
@@ -169,7 +169,7 @@ def test_sleep_and_maintenance_exchange_no_power(rig):
     rig.run(1.0)
     assert rig.command(type="set_state", target="sleep").status == "done"
     rig.run(0.2)
-    assert rig.plant.inverter.p_w == 0.0 and rig.node.request is None
+    assert rig.plant.inverter.p_w == 0.0 and rig.node.sources["local"].latest() is None
     assert rig.command(type="set_power", p_w=100).status == "rejected"
     assert rig.command(type="set_state", target="maintenance").status == "done"
     assert rig.command(type="set_state", target="run").status == "done"
@@ -188,7 +188,7 @@ def test_estop_engages_and_release_plus_ack_recovers(rig):
     assert rig.node.states.state == "error"
     rig.command(type="ack_error", code="ESTOP")
     rig.run(0.2)
-    assert rig.node.states.state == "run" and rig.node.request is None
+    assert rig.node.states.state == "run" and rig.node.sources["local"].latest() is None
 
 
 def test_restart_command_requests_exit_code_75(rig):
@@ -248,10 +248,10 @@ def test_restart_ramps_linearly_to_zero_then_stops_the_inverter_then_opens_conta
     steps = [a - b for a, b in zip([first] + powers, powers)]
     assert max(steps) <= 5000 / 0.8 * 0.1 + 1, trace  # linear, no cut from full power
     assert all(c for _, _, c in trace), "contactors stay closed until the app's last stop phase"
-    r.node.stop_phase = "off"
+    r.node.stop.advance("off")
     r.run(0.1)
     assert r.node.decision.inverter_run is False and r.node.decision.contactor_closed is True
-    r.node.stop_phase = "open"
+    r.node.stop.advance("open")
     r.run(0.1)
     assert r.node.decision.contactor_closed is False and r.plant.battery.contactor_closed is False
     assert r.node.exit_requested == 75
@@ -278,7 +278,7 @@ def test_an_orderly_stop_of_a_node_in_error_keeps_the_contactors_open(rig):
     rig.node.begin_stop()
     for phase in (None, "off", "open"):
         if phase:
-            rig.node.stop_phase = phase
+            rig.node.stop.advance(phase)
         rig.run(0.1)
         assert rig.node.decision.contactor_closed is False and rig.plant.battery.contactor_closed is False
 

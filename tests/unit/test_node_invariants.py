@@ -1,0 +1,181 @@
+"""Safety invariants of the node, checked every cycle over seeded random sequences of
+commands and faults (DESIGN §4), plus the follow check of an inverter that ignores writes.
+
+Invariants, each checked on every cycle of every sequence:
+  I1  no decision closes the contactors, runs the inverter or asks for power while a
+      critical error is listed — whatever the state, orderly stops included;
+  I2  power is asked only in `run` (or while an orderly stop ramps down from it);
+  I3  the setpoint never leaves the limiter's window;
+  I4  every acknowledgement tells what was actually done in the cycle that executed it
+      (e-stop: 0 W and contactors open; state change: the node is in that state;
+      restart: the node is stopping; acknowledge: the error is no longer latched) —
+      checked for the last command of each cycle, since an earlier one may rightly be
+      undone by a later one in the same cycle.
+"""
+import random
+
+import pytest
+
+from tests.unit.test_node import Rig
+
+SEEDS = range(24)
+CYCLES = 250
+FAULTS = ["cell_ov", "overtemp", "bms_silent", "inverter_silent", "inverter_trip", "ignores_writes"]
+ERROR_CODES = ["ESTOP", "CELL_OVERVOLTAGE", "CELL_OVERTEMP", "BMS_STALE", "INV_NOT_FOLLOWING", "all"]
+
+
+class FaultyRig(Rig):
+    """The rig with fault switches that act on the plant and the in-process drivers."""
+
+    def __init__(self, params):
+        super().__init__(params)
+        self._command = self.devices.inverter.command
+        self.devices.inverter.command = self._inverter_command
+        self.ignores_writes = False
+
+    def _inverter_command(self, cmd):
+        if not self.ignores_writes:  # an inverter that answers polls but ignores every write
+            self._command(cmd)
+
+    def fault(self, name, on):
+        b, inv = self.plant.battery, self.plant.inverter
+        if name == "cell_ov":
+            b.cell_v_fault_v = 0.5 if on else 0.0
+        elif name == "overtemp":
+            b.temp_fault_c = 40.0 if on else 0.0
+        elif name == "bms_silent":
+            self.devices.bms.silent = on
+        elif name == "inverter_silent":
+            self.devices.inverter.silent = on
+        elif name == "inverter_trip":
+            inv.trip("GRID_FAULT") if on else inv.reset()
+        elif name == "ignores_writes":
+            self.ignores_writes = on
+
+
+def random_command(rng):
+    kind = rng.choice(["set_power", "set_power", "set_state", "estop", "estop", "ack", "ack", "restart"])
+    if kind == "set_power":
+        return {"type": "set_power", "p_w": rng.choice([-6000, -3000, -500, 0, 800, 3000, 5000]),
+                "hold_s": rng.choice([None, 1.0, 30.0])}
+    if kind == "set_state":
+        return {"type": "set_state", "target": rng.choice(["run", "sleep", "maintenance"])}
+    if kind == "estop":
+        return {"type": "estop", "engaged": rng.random() < 0.6}
+    if kind == "ack":
+        return {"type": "ack_error", "code": rng.choice(ERROR_CODES)}
+    return {"type": "restart", "reboot": rng.random() < 0.5}
+
+
+def check_cycle(rig, acks, where):
+    node, d = rig.node, rig.node.decision
+    critical = node.errors.run_blocker()
+    if critical:
+        assert (d.contactor_closed, d.inverter_run, d.setpoint_w) == (False, False, 0.0), (where, critical, d)
+    if node.states.state not in ("run", "restart", "reboot"):
+        assert d.setpoint_w == 0.0, (where, node.states.state, d)
+    assert -d.limits.charge_w - 1e-6 <= d.setpoint_w <= d.limits.discharge_w + 1e-6, (where, d)
+    for raw, ack in acks[-1:]:  # a later command of the same cycle may rightly undo an earlier one
+        if ack.status != "done":
+            continue
+        if raw["type"] == "estop" and raw["engaged"]:
+            assert (d.setpoint_w, d.inverter_run, d.contactor_closed) == (0.0, False, False), (where, ack, d)
+        elif raw["type"] == "set_state":
+            assert node.states.state == raw["target"], (where, ack, node.states.state)
+        elif raw["type"] == "restart":
+            assert node.stop.phase is not None and node.exit_requested in (75, 76), (where, ack)
+        elif raw["type"] == "ack_error" and raw["code"] != "all":
+            entry = {e.id: e for e in node.errors.listed()}.get(raw["code"])
+            assert entry is None or entry.acknowledged, (where, ack, entry)
+
+
+def finish_stop(rig, where):
+    """What the app does after a restart/reboot: ramp, inverter off, contactors open."""
+    for phase in ("ramp",) * 10 + ("off", "open"):
+        if phase != "ramp":
+            rig.node.stop.advance(phase)
+        rig.run(rig.period)
+        check_cycle(rig, [], where)
+    assert rig.node.decision.contactor_closed is False
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_invariants_hold_over_random_commands_and_faults(make_params, seed):
+    rng = random.Random(seed)
+    params = make_params()
+    rig = FaultyRig(params)
+    active = set()
+    for cycle in range(CYCLES):
+        where = f"seed {seed} cycle {cycle}"
+        if rng.random() < 0.04:
+            name = rng.choice(FAULTS)
+            on = name not in active
+            rig.fault(name, on)
+            (active.add if on else active.discard)(name)
+        submitted = [rng.random() < 0.15 and random_command(rng) for _ in range(rng.choice([1, 1, 2]))]
+        submitted = [(raw, rig.node.commands.submit(raw).id) for raw in submitted if raw]
+        rig.run(rig.period)
+        acks = [(raw, rig.node.commands.ack_of(cmd_id)) for raw, cmd_id in submitted]
+        assert all(a.final for _, a in acks), (where, acks)
+        check_cycle(rig, acks, where)
+        if rig.node.exit_requested is not None:  # restart: the process exits, a new one starts
+            finish_stop(rig, where + " (stopping)")
+            rig.node.commands.close()
+            rig = FaultyRig(params)
+            for name in active:
+                rig.fault(name, True)
+
+
+def test_restart_from_error_under_estop_never_closes_the_contactors(make_params):
+    """The review's case: e-stop, then restart: the stop must keep the contactors open, and so must the new process."""
+    params = make_params()
+    rig = Rig(params)
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=3000)
+    rig.run(1.0)
+    assert rig.command(type="estop", engaged=True).status == "done"
+    ack = rig.command(type="restart")
+    assert ack.status == "done" and "contactors stay open" in ack.detail
+    finish_stop(rig, "restart under e-stop")
+    rig.node.commands.close()
+    again = Rig(params)  # the new process finds ESTOP in errors.json
+    for _ in range(10):
+        again.run(again.period)
+        assert again.node.decision.contactor_closed is False and again.plant.battery.contactor_closed is False
+
+
+def test_an_inverter_that_ignores_writes_is_critical_and_the_contactors_open(make_params):
+    rig = FaultyRig(make_params())
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=3000, hold_s=600)
+    rig.run(2.0)
+    assert rig.plant.inverter.p_w == pytest.approx(3000)
+    rig.ignores_writes = True
+    rig.command(type="set_power", p_w=0, hold_s=600)  # the node now asks for 0 W; the inverter keeps 3 kW
+    follow_s = rig.params.safety.follow_s
+    took = rig.run_until(lambda: "INV_NOT_FOLLOWING" in rig.error_ids, follow_s + 2, "INV_NOT_FOLLOWING")
+    assert follow_s <= took <= follow_s + 3 * rig.period
+    rig.run(0.2)
+    assert rig.node.states.state == "error"
+    assert rig.node.decision.contactor_closed is False and rig.plant.battery.contactor_closed is False
+    assert rig.plant.inverter.p_w == 0.0  # with the contactors open the inverter has nothing to draw from
+
+
+def test_an_inverter_that_delivers_less_than_asked_is_a_warning(make_params):
+    rig = Rig(make_params())
+    rig.run(0.2)
+    rig.plant.inverter.rated_w = 2000  # derated: it can do 2 kW of the 3 kW asked
+    rig.command(type="set_power", p_w=3000, hold_s=600)
+    rig.run(rig.params.safety.follow_s + 1.5)
+    assert "INV_UNDERDELIVERING" in rig.error_ids and "INV_NOT_FOLLOWING" not in rig.error_ids
+    assert rig.node.states.state == "run"
+
+
+def test_a_node_that_follows_raises_no_follow_error_through_steps_and_ramps(make_params):
+    rig = Rig(make_params())
+    rig.run(0.2)
+    for p_w in (5000, -5000, 0, 3000, -1000):
+        rig.command(type="set_power", p_w=p_w, hold_s=600)
+        for _ in range(40):
+            rig.run(rig.period)
+            assert not {"INV_NOT_FOLLOWING", "INV_UNDERDELIVERING"} & rig.error_ids, p_w
