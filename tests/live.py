@@ -4,9 +4,8 @@ import time
 
 from sitecontroller import params as params_mod
 from sitecontroller.clock import RealClock
-from sitecontroller.cycle import run_cycles
 from sitecontroller.drivers.factory import make_devices
-from sitecontroller.node import Node
+from sitecontroller.runtime import NodeRuntime
 from sitecontroller.sim.site import SimulatedSite
 from tests.util import isolated_example
 
@@ -20,23 +19,16 @@ class LiveNode:
         self.plant = self.site.plant
         self.sims = self.site.sims
         self.devices = make_devices(params, self.clock)
-        self.node = Node(params, self.clock, self.devices)
-        self.stop = asyncio.Event()
-        self._cycles = None
+        self.runtime = NodeRuntime(params, self.clock, self.devices)
+        self.node = self.runtime.node
 
     async def start(self):
         await self.site.start()
-        await self.devices.start()
-        self._cycles = asyncio.create_task(
-            run_cycles(self.clock, self.params.cycle.period_s, self.node.step, self.stop, self.node.stats))
+        await self.runtime.start()
 
     async def close(self):
-        self.stop.set()
-        if self._cycles:
-            await asyncio.gather(self._cycles, return_exceptions=True)
-        await self.devices.close()
+        await self.runtime.stop()
         await self.site.close()
-        self.node.commands.close()
 
     async def until(self, predicate, timeout_s, what):
         """Poll every 5 ms; return the monotonic time at which `predicate` first held."""
