@@ -315,3 +315,14 @@ def test_inverter_silent_while_power_still_flows_becomes_critical(rig):
     assert took <= rig.params.staleness.inverter_s + 5.0 + 0.3
     rig.run(0.2)
     assert rig.node.states.state == "error" and rig.plant.battery.contactor_closed is False
+
+
+def test_a_stalled_cycle_does_not_jump_the_ramp(make_params):
+    """The ramp advances by one cycle period per cycle, even when a cycle started late (1.8)."""
+    r = Rig(make_params(safety={"ramp_w_per_s": 1000}))
+    r.run(0.2)
+    r.command(type="set_power", p_w=3000, hold_s=600)
+    before = r.node.setpoint_w
+    r.clock.advance(2.0)  # the process stalled for 2 s (swap, a slow disk)
+    r.run(r.period)
+    assert r.node.setpoint_w - before == pytest.approx(1000 * r.period)
