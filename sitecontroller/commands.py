@@ -139,6 +139,7 @@ class CommandBook:
         self._queue: deque[Command] = deque()
         self._waiters: dict[str, list[Callable[[Ack], None]]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         if self._audit_path:
             self._restore_recent()
 
@@ -150,11 +151,16 @@ class CommandBook:
         if raw_id is not None and raw_id in self._acks:
             log.info("command %s is a duplicate: answering with its earlier acknowledgement", raw_id)
             return self._acks[raw_id]
+        raw_type = str(raw.get("type", "")) if isinstance(raw, dict) else ""
         try:
             cmd = parse_command(raw)
         except ValueError as exc:
-            ack = Ack(raw_id or uuid.uuid4().hex, REJECTED, str(exc), str(raw.get("type", "")) if isinstance(raw, dict) else "")
+            ack = Ack(raw_id or uuid.uuid4().hex, REJECTED, str(exc), raw_type)
             self._record(ack, raw)
+            return ack
+        if self._closed:  # nobody would carry it out
+            ack = Ack(cmd.id, REJECTED, "the node is stopping: commands are no longer carried out", cmd.type)
+            self._record(ack, cmd.model_dump())
             return ack
         ack = Ack(cmd.id, ACCEPTED, type=cmd.type)
         self._record(ack, cmd.model_dump())
@@ -249,7 +255,9 @@ class CommandBook:
         return self._writer.flush(timeout_s)
 
     def close(self, timeout_s: float = 5.0) -> bool:
-        """Fail what is still queued (each command gets its final ack), flush, close an own writer."""
+        """Fail what is still queued (each command gets its final ack), refuse later ones, flush,
+        close an own writer."""
+        self._closed = True
         for cmd in self.take():
             self.finish(cmd, FAILED, "interrupted: the node stopped before carrying it out")
         done = self._writer.flush(timeout_s)

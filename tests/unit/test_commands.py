@@ -149,6 +149,8 @@ def test_close_gives_every_queued_command_its_final_ack(tmp_path):
     book.close()
     assert book.ack_of(ack.id).status == FAILED and "interrupted" in book.ack_of(ack.id).detail
     assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == [ACCEPTED, FAILED]
+    after = book.submit({"id": "too-late", "type": "set_power", "p_w": 1})
+    assert after.status == REJECTED and "stopping" in after.detail and book.take() == []
 
 
 def test_a_command_gets_exactly_one_final_ack(tmp_path):
