@@ -36,10 +36,10 @@ log = logging.getLogger("sitecontroller.errors")
 
 MAX_PROBLEMS_SHOWN = 5  # in the ERRORS_FILE_DAMAGED text; the log has them all
 
-# The node's own error ids. Driver packages add theirs through ISSUE_CODES.
+# The node's own error ids. Every other subsystem registers its own (drivers: ISSUE_CODES).
 NODE_CODES: dict[str, tuple[str, str]] = {
     "ESTOP": (CRITICAL, "emergency stop engaged"),
-    "ERRORS_FILE_DAMAGED": (CRITICAL, "the persisted error file was unreadable: errors may have been lost"),
+    "ERRORS_FILE_DAMAGED": (CRITICAL, "the persisted error file was damaged: errors may have been lost"),
     "BMS_STALE": (CRITICAL, "no fresh BMS data within its staleness limit"),
     "BMS_FAULT": (CRITICAL, "the BMS reports a fault"),
     "CELL_OVERVOLTAGE": (CRITICAL, "a cell is above the maximum cell voltage"),

@@ -116,7 +116,8 @@ def _entry(raw: Any, where: str, now_wall: float, catalog) -> tuple[ErrorEntry |
     lines = [_line(where, err) for err in errors]
     code = raw.get("id") if isinstance(raw, dict) else None
     if not isinstance(code, str) or not 0 < len(code) <= MAX_ID_LENGTH:
-        return None, [f"{line} (entry lost)" for line in lines]
+        id_lines = [_line(where, err) for err in errors if err["loc"][:1] == ("id",)]
+        return None, [", ".join(id_lines or lines) + " (entry lost)"]
     known = catalog.get(code)
 
     def kept(field: str, replacement: Any) -> Any:
@@ -136,8 +137,7 @@ def _entry(raw: Any, where: str, now_wall: float, catalog) -> tuple[ErrorEntry |
         acknowledged=False,
         count=kept("count", 1),
     )
-    how = "kept as critical" if entry.severity == CRITICAL else f"kept as {entry.severity}"
-    return entry, [f"{line} ({how}, not acknowledged)" for line in lines]
+    return entry, [", ".join(lines) + f" ({code} kept as {entry.severity}, not acknowledged)"]
 
 
 def _line(where: str, err: dict) -> str:

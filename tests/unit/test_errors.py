@@ -253,7 +253,7 @@ def test_a_damaged_error_file_is_a_critical_error_that_weakens_nothing(tmp_path,
         assert entry.severity == "critical" and not entry.acknowledged
         assert isinstance(entry.first_wall, float) and isinstance(entry.last_wall, float)
         assert entry.active in (True, False) and isinstance(entry.count, int)
-        assert "(kept as critical, not acknowledged)" in damaged.text
+        assert "(CELL_OVERVOLTAGE kept as critical, not acknowledged)" in damaged.text
     else:
         assert "CELL_OVERVOLTAGE" not in listed
         assert "lost" in damaged.text
