@@ -55,6 +55,8 @@ def read_recent(path: Path, max_lines: int) -> list[AuditLine]:
             where = ".".join(str(p) for p in err["loc"]) or "line"
             problems.append(f"line {number}: {where}: {err['msg']}")
     if problems:
-        shown = "; ".join(problems[:_FIRST_PROBLEMS]) + (f"; and {len(problems) - _FIRST_PROBLEMS} more" if len(problems) > _FIRST_PROBLEMS else "")
+        shown = "; ".join(problems[:_FIRST_PROBLEMS])
+        if len(problems) > _FIRST_PROBLEMS:
+            shown += f"; and {len(problems) - _FIRST_PROBLEMS} more"
         log.warning("audit log %s: skipped %d damaged line(s) (%s)", path, len(problems), shown)
     return lines

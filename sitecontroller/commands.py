@@ -83,7 +83,9 @@ class Restart(_Base):
 Command = Annotated[Union[SetPower, SetState, AckError, EStop, Restart], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
 COMMAND_TYPES = ("set_power", "set_state", "ack_error", "estop", "restart")
-SCOPES: dict[str, str] = {name: cls.scope for name, cls in zip(COMMAND_TYPES, (SetPower, SetState, AckError, EStop, Restart))}
+SCOPES: dict[str, str] = {
+    name: cls.scope for name, cls in zip(COMMAND_TYPES, (SetPower, SetState, AckError, EStop, Restart))
+}
 
 
 @dataclass

@@ -73,7 +73,9 @@ class StoredFile(BaseModel):
     errors: list[Any]
 
 
-def parse_errors_file(text: str, now_wall: float, catalog: dict[str, tuple[str, str]]) -> tuple[dict[str, ErrorEntry], list[str]]:
+def parse_errors_file(
+    text: str, now_wall: float, catalog: dict[str, tuple[str, str]]
+) -> tuple[dict[str, ErrorEntry], list[str]]:
     """The entries that can be kept, and one line per problem (no problems: the file is sound)."""
     try:
         data = json.loads(text)
