@@ -52,6 +52,7 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "UNCONTROLLED_POWER": (CRITICAL, "the inverter is silent while the battery still carries power"),
     "BMS_DATA_INVALID": (CRITICAL, "the BMS reports non-numeric values"),
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),
+    "UNCLEAN_EXIT": (WARNING, "the previous run did not exit cleanly (crash, kill, power loss): see node.log and the audit log"),
 }
 
 

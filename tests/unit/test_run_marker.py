@@ -67,3 +67,24 @@ def test_clean_exit_leaves_a_marker_of_another_process_alone(tmp_path):
     marker(tmp_path, pid=4243).start()  # another run took over the directory
     mine.clean_exit()
     assert json.loads((tmp_path / MARKER_NAME).read_text())["pid"] == 4243
+
+
+def test_the_warning_shows_in_the_error_list_for_this_run_only(tmp_path):
+    """How the node reports it: errors.sync("run_marker", ...) at start (a restored entry is cleared)."""
+    from sitecontroller.clock import SimClock
+    from sitecontroller.errors import ErrorRegistry
+
+    def start(pid):
+        run = marker(tmp_path, pid=pid)
+        warning = run.start()
+        errors = ErrorRegistry(SimClock(), tmp_path / "errors.json")
+        errors.sync("run_marker", {"UNCLEAN_EXIT": warning} if warning else {})
+        return run, {e.id: e for e in errors.listed()}
+
+    first, listed = start(4242)
+    assert listed == {}  # then a crash: no clean_exit()
+    second, listed = start(4243)
+    assert listed["UNCLEAN_EXIT"].severity == "warning" and "pid 4242" in listed["UNCLEAN_EXIT"].text
+    second.clean_exit()
+    third, listed = start(4244)
+    assert listed == {}  # after a clean exit the restored warning is cleared
