@@ -8,22 +8,33 @@ audit log.
 
 Statuses: `accepted` (valid, queued), `rejected` (invalid or not allowed now,
 with the reason), `done` (carried out; the detail says if it was clamped),
-`failed` (valid but could not be carried out, with the reason).
+`failed` (valid but could not be carried out, with the reason). Every
+command gets exactly one final acknowledgement.
+
+Edges on the event loop await the final acknowledgement (`wait_final`); edges
+that call back from their own threads (pysyncobj, the IoT SDK) use
+`submit_threadsafe`, which hands the request to the loop. Each command type
+has a `scope`: "node" (carried out by this node's executor) or "cluster"
+(goes through the cluster's replicated log).
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import logging
-import os
 import uuid
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+from .audit import read_recent
 from .schema_base import Strict
+from .writer import FileWriter, SyncWriter
 
 log = logging.getLogger("sitecontroller.commands")
 
@@ -32,7 +43,11 @@ FINAL = frozenset({REJECTED, DONE, FAILED})
 MAX_POWER_W = 10_000_000
 
 
+NODE_SCOPE, CLUSTER_SCOPE = "node", "cluster"
+
+
 class _Base(Strict):
+    scope: ClassVar[Literal["node", "cluster"]] = NODE_SCOPE  # who carries it out; set per command type
     id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
     source: Literal["cli", "cloud", "scada", "ui", "cluster", "test"] = "cli"
 
@@ -68,6 +83,9 @@ class Restart(_Base):
 Command = Annotated[Union[SetPower, SetState, AckError, EStop, Restart], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
 COMMAND_TYPES = ("set_power", "set_state", "ack_error", "estop", "restart")
+SCOPES: dict[str, str] = {
+    name: cls.scope for name, cls in zip(COMMAND_TYPES, (SetPower, SetState, AckError, EStop, Restart))
+}
 
 
 @dataclass
@@ -105,21 +123,29 @@ def parse_command(raw: Any) -> Command:
 
 
 class CommandBook:
-    """Dedup, queue, acknowledgement and audit of commands."""
+    """Dedup, queue, acknowledgement and audit of commands.
 
-    def __init__(self, clock, audit_path: Path | None = None, remember: int = 1000):
+    Everything except `submit_threadsafe` runs on the node's event loop thread
+    (or, in tests, the one thread that drives the node). `writer` does the
+    audit appends (default: at once, in the caller).
+    """
+
+    def __init__(self, clock, audit_path: Path | None = None, remember: int = 1000, *,
+                 writer: FileWriter | None = None):
         self._clock = clock
         self._audit_path = Path(audit_path) if audit_path else None
+        self._owns_writer = writer is None
+        self._writer: FileWriter = writer if writer is not None else SyncWriter()
         self._acks: OrderedDict[str, Ack] = OrderedDict()
         self._remember = remember
         self._queue: deque[Command] = deque()
+        self._waiters: dict[str, list[Callable[[Ack], None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         if self._audit_path:
-            self._audit_path.parent.mkdir(parents=True, exist_ok=True)
             self._restore_recent()
-            self._audit = open(self._audit_path, "a", encoding="utf-8")
-        else:
-            self._audit = None
 
+    # --- the node's side ------------------------------------------------------------
     def submit(self, raw: Any) -> Ack:
         """Validate and queue a raw request. A repeated id gets the earlier ack back."""
         raw_id = raw.get("id") if isinstance(raw, dict) else None
@@ -127,11 +153,16 @@ class CommandBook:
         if raw_id is not None and raw_id in self._acks:
             log.info("command %s is a duplicate: answering with its earlier acknowledgement", raw_id)
             return self._acks[raw_id]
+        raw_type = str(raw.get("type", "")) if isinstance(raw, dict) else ""
         try:
             cmd = parse_command(raw)
         except ValueError as exc:
-            ack = Ack(raw_id or uuid.uuid4().hex, REJECTED, str(exc), str(raw.get("type", "")) if isinstance(raw, dict) else "")
+            ack = Ack(raw_id or uuid.uuid4().hex, REJECTED, str(exc), raw_type)
             self._record(ack, raw)
+            return ack
+        if self._closed:  # nobody would carry it out
+            ack = Ack(cmd.id, REJECTED, "the node is stopping: commands are no longer carried out", cmd.type)
+            self._record(ack, cmd.model_dump())
             return ack
         ack = Ack(cmd.id, ACCEPTED, type=cmd.type)
         self._record(ack, cmd.model_dump())
@@ -139,13 +170,19 @@ class CommandBook:
         return ack
 
     def take(self) -> list[Command]:
-        """The queued commands, oldest first (the cycle executes them)."""
+        """The queued commands, oldest first (the executor routes them by `cmd.scope`)."""
         out = list(self._queue)
         self._queue.clear()
         return out
 
     def finish(self, cmd: Command, status: str, detail: str = "", **result: Any) -> Ack:
+        """The final acknowledgement of `cmd`; wakes whoever waits for it. A second one is refused."""
         assert status in FINAL, status
+        earlier = self._acks.get(cmd.id)
+        if earlier is not None and earlier.final:
+            log.error("command %s already has its final acknowledgement (%s): %s %s ignored",
+                      cmd.id, earlier.status, status, detail)
+            return earlier
         ack = Ack(cmd.id, status, detail, cmd.type, result)
         self._record(ack, cmd.model_dump())
         return ack
@@ -153,43 +190,145 @@ class CommandBook:
     def ack_of(self, cmd_id: str) -> Ack | None:
         return self._acks.get(cmd_id)
 
-    def close(self) -> None:
-        if self._audit:
-            self._audit.close()
-            self._audit = None
+    # --- edges: awaiting the final acknowledgement ------------------------------------
+    def bind_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """The event loop that runs the node (default: the running one), for `submit_threadsafe`."""
+        self._loop = loop or asyncio.get_running_loop()
 
-    def _record(self, ack: Ack, payload: dict[str, Any]) -> None:
+    async def wait_final(self, cmd_id: str, timeout_s: float) -> Ack:
+        """The final ack of `cmd_id` as soon as there is one; after `timeout_s`, the current ack
+        (not final) with a detail that says so."""
+        if self._loop is None:
+            self.bind_loop()
+        ack = self._acks.get(cmd_id)
+        if ack is None:
+            raise KeyError(f"no command {cmd_id!r} is known")
+        if ack.final:
+            return ack
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        resolve = _resolver(future)
+        self._waiters.setdefault(cmd_id, []).append(resolve)
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            current = self._acks.get(cmd_id, ack)
+            if current.final:  # finished in the same instant
+                return current
+            return replace(current, detail=f"not carried out within {timeout_s:g} s: still {current.status} "
+                                           "(it will be; ask again with its id for the final acknowledgement)")
+        finally:
+            waiters = self._waiters.get(cmd_id)
+            if waiters and resolve in waiters:
+                waiters.remove(resolve)
+                if not waiters:
+                    del self._waiters[cmd_id]
+
+    def submit_threadsafe(self, raw: Any) -> concurrent.futures.Future:
+        """Submit from any thread; the future resolves with the command's final Ack.
+
+        The request is handed to the node's loop (see `bind_loop`), validated and
+        queued there like `submit`; a rejected or duplicate-of-finished command
+        resolves at once.
+        """
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the command book is not bound to a running event loop (call bind_loop first)")
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def on_loop() -> None:
+            if not result.set_running_or_notify_cancel():
+                return  # the caller gave up before the loop got to it
+            try:
+                ack = self.submit(raw)
+            except Exception as exc:  # a bug must reach the caller, not vanish in the loop
+                result.set_exception(exc)
+                return
+            if ack.final:
+                result.set_result(ack)
+            else:
+                self._waiters.setdefault(ack.id, []).append(_resolver(result))
+
+        loop.call_soon_threadsafe(on_loop)
+        return result
+
+    # --- closing ---------------------------------------------------------------------
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until every audit line so far is on disk (False on timeout)."""
+        return self._writer.flush(timeout_s)
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Fail what is still queued (each command gets its final ack), refuse later ones, flush,
+        close an own writer."""
+        self._closed = True
+        for cmd in self.take():
+            self.finish(cmd, FAILED, "interrupted: the node stopped before carrying it out")
+        done = self._writer.flush(timeout_s)
+        if self._owns_writer:
+            done = self._writer.close(timeout_s) and done
+        return done
+
+    # --- internals -------------------------------------------------------------------
+    def _record(self, ack: Ack, payload: Any) -> None:
+        self._remember_ack(ack)
+        level = logging.WARNING if ack.status in (REJECTED, FAILED) else logging.INFO
+        log.log(level, "command %s %s %s%s", ack.id, ack.type or "?", ack.status, f": {ack.detail}" if ack.detail else "")
+        self._audit(ack, payload)
+        if ack.final:
+            for resolve in self._waiters.pop(ack.id, []):
+                resolve(ack)
+
+    def _remember_ack(self, ack: Ack) -> None:
         self._acks[ack.id] = ack
         self._acks.move_to_end(ack.id)
         while len(self._acks) > self._remember:
             self._acks.popitem(last=False)
-        level = logging.WARNING if ack.status in (REJECTED, FAILED) else logging.INFO
-        log.log(level, "command %s %s %s%s", ack.id, ack.type or "?", ack.status, f": {ack.detail}" if ack.detail else "")
-        if self._audit:
-            line = {"wall": round(self._clock.wall(), 3), **ack.to_dict(), "payload": payload}
-            try:
-                self._audit.write(json.dumps(line, default=str) + "\n")
-                self._audit.flush()
-                os.fsync(self._audit.fileno())
-            except OSError as exc:  # a full disk must not stop the node: the log above still has it
-                log.error("cannot append to the audit log %s: %s", self._audit_path, exc)
+
+    def _audit(self, ack: Ack, payload: Any) -> None:
+        if self._audit_path is None:
+            return
+        line = {"wall": round(self._clock.wall(), 3), **ack.to_dict(), "payload": payload}
+        self._writer.append(self._audit_path, json.dumps(line, default=str))
 
     def _restore_recent(self) -> None:
-        """Remember the ids of recent commands across a restart (dedup survives it)."""
-        if not self._audit_path.exists():
-            return
-        with open(self._audit_path, encoding="utf-8", errors="replace") as f:
-            tail = deque(f, maxlen=self._remember * 3)
-        for line in tail:
+        """Remember the ids of recent commands across a restart (dedup survives it); a command
+        that was queued when the node stopped was never carried out: it gets its final
+        `failed: interrupted` line now."""
+        payloads: dict[str, Any] = {}
+        for line in read_recent(self._audit_path, self._remember * 3):
+            self._remember_ack(Ack(line.id, line.status, line.detail, line.type, line.result))
+            if line.status == ACCEPTED:
+                payloads[line.id] = line.payload
+        interrupted = [ack for ack in self._acks.values() if not ack.final]
+        for ack in interrupted:
+            final = Ack(ack.id, FAILED, "interrupted: the node restarted before carrying it out", ack.type)
+            self._acks[ack.id] = final
+            self._audit(final, payloads.get(ack.id))
+        if interrupted:
+            log.warning("%d command(s) queued when the node stopped were never carried out: failed as interrupted (%s)",
+                        len(interrupted), ", ".join(a.id for a in interrupted))
+
+
+def _resolver(future) -> Callable[[Ack], None]:
+    """Resolve an asyncio or concurrent future with an Ack, once, whoever calls first."""
+    def resolve(ack: Ack) -> None:
+        if isinstance(future, asyncio.Future):
+            loop = future.get_loop()
             try:
-                d = json.loads(line)
-                ack = Ack(d["id"], d["status"], d.get("detail", ""), d.get("type", ""), d.get("result") or {})
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn last line after a crash
-            self._acks[ack.id] = ack
-            self._acks.move_to_end(ack.id)
-        while len(self._acks) > self._remember:
-            self._acks.popitem(last=False)
-        for ack in self._acks.values():
-            if not ack.final:  # queued when the node stopped: it was never carried out
-                ack.status, ack.detail = FAILED, "interrupted: the node restarted before carrying it out"
+                on_its_loop = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                on_its_loop = False
+            if on_its_loop:
+                _set(future, ack)
+            elif not loop.is_closed():
+                loop.call_soon_threadsafe(_set, future, ack)
+            return
+        try:
+            future.set_result(ack)
+        except concurrent.futures.InvalidStateError:  # cancelled by the caller meanwhile
+            pass
+    return resolve
+
+
+def _set(future: asyncio.Future, ack: Ack) -> None:
+    if not future.done():
+        future.set_result(ack)

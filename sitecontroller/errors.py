@@ -5,24 +5,41 @@ An error is *listed* while its cause is present (`active`) and, for severities
 disappear with their cause. The listed set is written to disk atomically on
 every change and read back at start, so a crash or restart never forgets an
 error. A listed critical error keeps the node at 0 W in state `error`.
+
+Writes go through a `FileWriter` (writer.py): with a `BackgroundWriter` the
+cycle only queues the new content. The file read at start is validated
+(errors_file.py); a damaged file is itself the critical error ERRORS_FILE_DAMAGED.
+
+The catalog of error ids is filled by each subsystem at import with
+`register_codes` (the node's own ids here, each driver family its
+`ISSUE_CODES`), so this core module never imports the drivers.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
+
+from .errors_file import (  # noqa: F401  (ErrorEntry and the severities are part of this module's interface)
+    CRITICAL,
+    ERROR,
+    FILE_VERSION,
+    SEVERITIES,
+    WARNING,
+    ErrorEntry,
+    parse_errors_file,
+)
+from .writer import FileWriter, SyncWriter
 
 log = logging.getLogger("sitecontroller.errors")
 
-WARNING, ERROR, CRITICAL = "warning", "error", "critical"
-SEVERITIES = (WARNING, ERROR, CRITICAL)
+MAX_PROBLEMS_SHOWN = 5  # in the ERRORS_FILE_DAMAGED text; the log has them all
 
-# The node's own error ids. Driver packages add theirs through ISSUE_CODES.
+# The node's own error ids. Every other subsystem registers its own (drivers: ISSUE_CODES).
 NODE_CODES: dict[str, tuple[str, str]] = {
     "ESTOP": (CRITICAL, "emergency stop engaged"),
-    "ERRORS_FILE_DAMAGED": (CRITICAL, "the persisted error file was unreadable: errors may have been lost"),
+    "ERRORS_FILE_DAMAGED": (CRITICAL, "the persisted error file was damaged: errors may have been lost"),
     "BMS_STALE": (CRITICAL, "no fresh BMS data within its staleness limit"),
     "BMS_FAULT": (CRITICAL, "the BMS reports a fault"),
     "CELL_OVERVOLTAGE": (CRITICAL, "a cell is above the maximum cell voltage"),
@@ -37,57 +54,62 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),
     "INV_NOT_FOLLOWING": (CRITICAL, "the inverter delivers more power than commanded, or the other direction"),
     "INV_UNDERDELIVERING": (WARNING, "the inverter delivers less power than commanded"),
+    "UNCLEAN_EXIT": (WARNING, "the previous run did not exit cleanly (crash, kill, power loss): see node.log and the audit log"),
 }
 
 
+_CATALOG: dict[str, tuple[str, str]] = {}
+
+
+def register_codes(codes: dict[str, tuple[str, str]]) -> None:
+    """Add a subsystem's error ids (id -> (severity, description)) to the catalog.
+
+    Called once per subsystem at import. Registering the same id again with the
+    same meaning is harmless; with another meaning it is a programming error.
+    """
+    for code, entry in codes.items():
+        severity, text = entry
+        if severity not in SEVERITIES:
+            raise ValueError(f"error id {code}: severity {severity!r} is not one of {', '.join(SEVERITIES)}")
+        known = _CATALOG.get(code)
+        if known is not None and known != (severity, text):
+            raise ValueError(f"error id {code} registered twice with different meanings: {known} and {entry}")
+        _CATALOG[code] = (severity, text)
+
+
 def catalog() -> dict[str, tuple[str, str]]:
-    """Every known error id: the node's and each driver family's."""
-    from .drivers import bms, inverter, meter
-
-    merged = dict(NODE_CODES)
-    for family in (bms, inverter, meter):
-        merged.update(getattr(family, "ISSUE_CODES", {}))
-    return merged
+    """Every error id registered so far: the node's and those of each subsystem imported."""
+    return dict(_CATALOG)
 
 
-@dataclass
-class ErrorEntry:
-    id: str
-    severity: str
-    source: str
-    text: str
-    first_wall: float
-    last_wall: float
-    active: bool = True
-    acknowledged: bool = False
-    count: int = 1
-
-    @property
-    def latched(self) -> bool:
-        return self.severity != WARNING and not self.acknowledged
-
-    @property
-    def listed(self) -> bool:
-        return self.active or self.latched
+register_codes(NODE_CODES)
 
 
 class ErrorRegistry:
-    def __init__(self, clock, path: Path | None = None, codes: dict[str, tuple[str, str]] | None = None):
+    """The listed errors of one node. `writer` does the file writes (default: at once, in the caller)."""
+
+    def __init__(self, clock, path: Path | None = None, codes: dict[str, tuple[str, str]] | None = None,
+                 *, writer: FileWriter | None = None):
         self._clock = clock
         self._path = Path(path) if path else None
-        self._codes = codes if codes is not None else catalog()
+        self._codes = codes  # None: the live catalog, so ids registered later are known too
+        self._owns_writer = writer is None
+        self._writer: FileWriter = writer if writer is not None else SyncWriter()
         self._entries: dict[str, ErrorEntry] = {}
         self.changed = False  # set on every change; the node reports and clears it
-        if self._path and self._path.exists():
+        if self._path:
             self._load()
 
     # --- raising and clearing -----------------------------------------------
+    def _code(self, code: str) -> tuple[str, str] | None:
+        return (self._codes if self._codes is not None else _CATALOG).get(code)
+
     def severity_of(self, code: str) -> str:
-        return self._codes.get(code, (ERROR, ""))[0]
+        return (self._code(code) or (ERROR, ""))[0]
 
     def raise_(self, code: str, source: str, text: str | None = None) -> ErrorEntry:
         now = self._clock.wall()
-        text = text or self._codes.get(code, (ERROR, code))[1] or code
+        text = text or (self._code(code) or (ERROR, code))[1] or code
         entry = self._entries.get(code)
         if entry is None:
             entry = ErrorEntry(code, self.severity_of(code), source, text, now, now)
@@ -171,48 +193,58 @@ class ErrorRegistry:
         return None
 
     # --- persistence -------------------------------------------------------------
-    def _save(self) -> None:
-        """Write the listed set atomically (temp file, fsync, rename, fsync the folder).
+    def flush(self, timeout_s: float = 5.0) -> bool:
+        """Wait until the newest listed set is on disk (False on timeout)."""
+        return self._writer.flush(timeout_s)
 
-        A disk that fails (full, read-only) is logged, never raised: the node keeps
-        its errors in memory and keeps protecting the battery.
-        """
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Flush; close the writer too if this registry made it."""
+        done = self._writer.flush(timeout_s)
+        if self._owns_writer:
+            done = self._writer.close(timeout_s) and done
+        return done
+
+    def _save(self) -> None:
+        """Hand the listed set to the writer (atomic replace; a disk failure is logged, never raised)."""
         self.changed = True
         if self._path is None:
             return
-        tmp = self._path.with_suffix(".tmp")
-        data = {"version": 1, "errors": [asdict(e) for e in self._entries.values()]}
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._path)
-            folder = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-        except OSError as exc:
-            log.error("cannot persist errors to %s: %s (kept in memory)", self._path, exc)
+        data = {"version": FILE_VERSION, "errors": [asdict(e) for e in self._entries.values()]}
+        self._writer.replace(self._path, json.dumps(data, indent=1))
 
     def _load(self) -> None:
+        """Read the file of the previous run. Never raises; a damaged file raises ERRORS_FILE_DAMAGED."""
         try:
-            data = json.loads(self._path.read_text(encoding="utf-8"))
-            for raw in data["errors"]:
-                entry = ErrorEntry(**raw)
-                self._entries[entry.id] = entry
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            # A damaged file must not hide a critical error: assume the worst.
-            log.error("error file %s unreadable (%s): raising ERRORS_FILE_DAMAGED", self._path, exc)
-            now = self._clock.wall()
-            self._entries["ERRORS_FILE_DAMAGED"] = ErrorEntry(
-                "ERRORS_FILE_DAMAGED", CRITICAL, "errors", f"error file unreadable ({exc}); check the node and acknowledge", now, now,
-                active=False,
-            )
+            raw = self._path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):  # no earlier run wrote one
+            return
+        except OSError as exc:
+            self._damaged([f"unreadable ({exc}): its entries are unknown"], None)
+            return
+        text = raw.decode("utf-8", errors="replace")
+        entries, problems = parse_errors_file(text, self._clock.wall(), catalog() if self._codes is None else self._codes)
+        self._entries.update(entries)
+        if problems:
+            self._damaged(problems, text)
         if self._entries:
             log.warning("restored %d listed errors from %s: %s", len(self._entries), self._path, ", ".join(self._entries))
+
+    def _damaged(self, problems: list[str], text: str | None) -> None:
+        """A damaged file must not hide a critical error: it is one itself, and says what was wrong."""
+        copy = self._path.with_name(self._path.name + ".damaged")
+        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown += f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more"
+        where = f" (copy kept in {copy.name})" if text is not None else ""
+        message = f"{self._path.name} was damaged{where}: {shown}. Check the node, then acknowledge"
+        log.error("%s was damaged: %s", self._path, "; ".join(problems))
+        if text is not None:
+            self._writer.replace(copy, text)
+        now = self._clock.wall()
+        self._entries["ERRORS_FILE_DAMAGED"] = ErrorEntry(
+            "ERRORS_FILE_DAMAGED", CRITICAL, "errors", message, now, now, active=False,
+        )
+        self._save()  # the file is sound again and records the damage
 
 
 def _level(severity: str) -> int:

@@ -71,3 +71,38 @@ async def test_a_command_is_answered_with_its_final_ack(served):
 def test_a_malformed_endpoint_is_one_clear_error():
     with pytest.raises(NodeUnreachable, match="cannot use endpoint 'foo'"):
         request("foo", {"op": "status"}, 0.5)
+
+
+async def test_the_reply_comes_when_the_command_is_finished_not_on_a_poll(served):
+    rig, endpoint = served
+    rig.run(0.2)
+    server = ControlServer("inproc://unused", rig.node)  # handle() needs no socket
+    body = {"op": "command", "wait_s": 10, "command": {"id": "w1", "type": "set_state", "target": "sleep"}}
+    answer = asyncio.create_task(server.handle(body))
+    await asyncio.sleep(0)
+    assert not answer.done()
+    rig.run(rig.period)  # the cycle executes it and calls finish()
+    for _ in range(3):  # a few turns of the loop, no time passing: a 10 ms poll would not see it yet
+        await asyncio.sleep(0)
+    assert answer.done()
+    reply = answer.result()
+    assert reply["ack"]["status"] == "done" and reply["ack"]["detail"] == "run -> sleep"
+
+
+async def test_a_command_not_carried_out_within_wait_s_is_answered_with_its_current_ack(served):
+    rig, endpoint = served
+    rig.run(0.2)  # in run; from now on nobody runs the cycle until the reply is there
+    body = json.dumps({"op": "command", "wait_s": 0.1, "command": {"id": "w2", "type": "set_state", "target": "sleep"}})
+    reply = await ask(endpoint, body.encode())
+    assert reply["ok"] is True and reply["ack"]["status"] == "accepted"
+    assert "not carried out within 0.1 s: still accepted" in reply["ack"]["detail"]
+    rig.run(rig.period)
+    again = await ask(endpoint, body.encode())  # asking again with the id: its final ack (dedup)
+    assert again["ack"]["status"] == "done"
+
+
+async def test_wait_s_zero_answers_at_once(served):
+    rig, endpoint = served
+    body = {"op": "command", "wait_s": 0, "command": {"type": "estop", "engaged": True}}
+    reply = await ask(endpoint, json.dumps(body).encode())
+    assert reply["ack"]["status"] == "accepted" and reply["ack"]["detail"] == ""

@@ -70,3 +70,4 @@ def make_bms(config: BmsConfig, clock) -> BmsDriver:
 
 
 __all__ = ["CAN_MODELS", "ISSUE_CODES", "BmsConfig", "make_bms"]
+from ...errors import register_codes; register_codes(ISSUE_CODES)  # noqa: E402,E702  (the core keeps one catalog)

@@ -47,3 +47,4 @@ def make_inverter(config: InverterConfig, clock) -> InverterDriver:
 
 
 __all__ = ["ISSUE_CODES", "MODBUS_MODELS", "HTTP_MODELS", "make_inverter"]
+from ...errors import register_codes; register_codes(ISSUE_CODES)  # noqa: E402,E702  (the core keeps one catalog)

@@ -52,3 +52,4 @@ def make_meter(config: MeterConfig, clock) -> MeterDriver:
 
 
 __all__ = ["ISSUE_CODES", "MeterConfig", "make_meter"]
+from ...errors import register_codes; register_codes(ISSUE_CODES)  # noqa: E402,E702  (the core keeps one catalog)
