@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import logging
 import os
@@ -34,10 +33,9 @@ sys.path.insert(0, str(REPO))
 from sitecontroller import node as node_module  # noqa: E402
 from sitecontroller import params as params_module  # noqa: E402
 from sitecontroller.clock import RealClock  # noqa: E402
-from sitecontroller.commands import CommandBook  # noqa: E402
 from sitecontroller.cycle import CycleStats, run_cycles  # noqa: E402
 from sitecontroller.drivers.factory import make_devices  # noqa: E402
-from sitecontroller.errors import ErrorRegistry, register_codes  # noqa: E402
+from sitecontroller.errors import register_codes  # noqa: E402
 from sitecontroller.sim.plant import Plant  # noqa: E402
 from sitecontroller.writer import BackgroundWriter, SyncWriter  # noqa: E402
 
@@ -53,14 +51,7 @@ def build_node(data_dir: Path, writer):
     clock = RealClock()
     plant = Plant.from_params(params, wall_s=clock.wall())
     devices = make_devices(params, clock, plant=plant)
-    # Node makes its own registry and command book: hand them the writer under test.
-    saved = node_module.ErrorRegistry, node_module.CommandBook
-    node_module.ErrorRegistry = functools.partial(ErrorRegistry, writer=writer)
-    node_module.CommandBook = functools.partial(CommandBook, writer=writer)
-    try:
-        node = node_module.Node(params, clock, devices)
-    finally:
-        node_module.ErrorRegistry, node_module.CommandBook = saved
+    node = node_module.Node(params, clock, devices, writer=writer)
     return node, plant, clock, params.cycle.period_s
 
 

@@ -7,7 +7,6 @@ skipped lines are reported in one warning. Reading never raises.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from pathlib import Path

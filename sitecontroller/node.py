@@ -32,13 +32,15 @@ UNCONTROLLED_LIMIT_S = 5.0  # inverter silent while the BMS sees power flowing t
 
 
 class Node:
-    def __init__(self, params, clock, devices: Devices, *, persist: bool = True, responses=()):
+    def __init__(self, params, clock, devices: Devices, *, persist: bool = True, responses=(), writer=None):
+        """`writer`: where errors.json and audit.jsonl writes go (`writer.BackgroundWriter` in a
+        running node, so the cycle never waits on the disk; default: written at once)."""
         self.params = params
         self.clock = clock
         self.devices = devices
         data = params.data_dir if persist else None
-        self.errors = ErrorRegistry(clock, data / "errors.json" if data else None)
-        self.commands = CommandBook(clock, data / "audit.jsonl" if data else None)
+        self.errors = ErrorRegistry(clock, data / "errors.json" if data else None, writer=writer)
+        self.commands = CommandBook(clock, data / "audit.jsonl" if data else None, writer=writer)
         self.states = NodeStateMachine(self.errors.run_blocker, self.errors.error_blocker, clock.wall)
         self.stats = CycleStats()
         self.started_at = clock.monotonic()

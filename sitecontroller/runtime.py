@@ -25,6 +25,8 @@ from . import orderly_stop
 from .cycle import run_cycles
 from .drivers.factory import Devices
 from .node import Node
+from .run_marker import RunMarker
+from .writer import BackgroundWriter
 
 log = logging.getLogger("sitecontroller")
 
@@ -44,7 +46,9 @@ class NodeRuntime:
         self.params = params
         self.clock = clock
         self.devices = devices
-        self.node = Node(params, clock, devices, persist=persist, responses=responses)
+        self.writer = BackgroundWriter(name=f"writer-{params.identity.node_id}") if persist else None
+        self.node = Node(params, clock, devices, persist=persist, responses=responses, writer=self.writer)
+        self.marker = RunMarker(params.data_dir) if persist else None
         self._factories = list(services)
         self.services: list[Service] = []
         self.stopping = asyncio.Event()  # set: the cycle task ends at its next deadline
@@ -53,6 +57,10 @@ class NodeRuntime:
         self.exited = asyncio.Event()  # set once stop() has finished
 
     async def start(self) -> None:
+        self.node.commands.bind_loop()  # edges on other threads submit through this loop
+        if self.marker is not None:
+            unclean = self.marker.start()
+            self.node.errors.sync("run_marker", {"UNCLEAN_EXIT": unclean} if unclean else {})
         await self.devices.start()
         self._cycles = asyncio.create_task(
             run_cycles(self.clock, self.params.cycle.period_s, self.node.step, self.stopping, self.node.stats),
@@ -77,7 +85,12 @@ class NodeRuntime:
                 await _bounded_close(service, type(service).__name__)
             for driver in self.devices.all():
                 await _bounded_close(driver, f"{driver.kind} driver")
-            self.node.commands.close()
+            self.node.commands.close()  # anything still queued: failed, interrupted
+            self.node.errors.close()
+            if self.writer is not None and not self.writer.close(CLOSE_BUDGET_S):
+                log.error("state files: writes still pending after %.1f s were lost", CLOSE_BUDGET_S)
+            if self.marker is not None:
+                self.marker.clean_exit()  # last: only a stop that got this far is clean
             self.exited.set()
         return self.node.exit_requested or 0
 

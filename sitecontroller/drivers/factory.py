@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import bms as _bms, inverter as _inverter, meter as _meter  # noqa: F401  (registers their error codes)
 from .base import BmsDriver, InverterDriver, MeterDriver
 
 
