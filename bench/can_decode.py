@@ -3,11 +3,11 @@
     .venv/bin/python bench/can_decode.py [--seconds 6]
 
 The frames are one rack's real bess_sim frames (built by the simulated BMS
-from a plant, encoded with dbc/bess_sim.dbc). Two paths decode the same list
+from a plant, encoded with sitecontroller/drivers/bms/dbc/bess_sim.dbc). Two paths decode the same list
 of `can.Message`s, alternating, several runs each:
 
 - driver: `CanBmsDriver._on_frame` - the whole receive path of the driver
-  (id lookup with rack offset, cantools decode, DBC range check, per-rack
+  (id lookup with rack offset, cantools decode, not-available sentinels, DBC range check, per-rack
   bookkeeping with the clock's time, counters); no bus involved;
 - cantools: `db.decode_message(frame_id, data)` - the library alone.
 

@@ -12,7 +12,13 @@ takes the minimum, so no layer can widen what an earlier one allowed:
                the starting ceiling; it is not listed in `reasons` (it is always
                there) but it is the binding reason when nothing else narrows.
 2. hardware    no (fresh) BMS reading, a BMS fault or open contactors -> 0 W;
-               otherwise the BMS current limits x pack voltage.
+               a direction the BMS disables (charge/discharge enable flags)
+               -> 0 W that way; a force-charge request -> no discharge (it
+               is reported, it never allows anything); otherwise the BMS
+               current limits x pack voltage. Then the BMS voltage limits:
+               no charge at/above its charge voltage limit, no discharge
+               at/below its discharge voltage limit, tapered over
+               `cell_v_taper_v` x the cells in series (pack_v / cell_v_avg_v).
 3. protection  temperature (derate linearly to 0 over `cell_t_derate_c` below
                `cell_t_max_c`; charge derates the same way above `cell_t_min_c`
                and stops below it; discharge is allowed down to
@@ -21,7 +27,10 @@ takes the minimum, so no layer can widen what an earlier one allowed:
                `cell_v_taper_v`; discharge likewise at `cell_v_min_v`), then the
                SOC window (no discharge at/below the floor: `soc_reserve`, or
                `soc_min` in backup; no charge at/above `soc_max`; an optional
-               linear taper of width `soc_taper` before each bound).
+               linear taper of width `soc_taper` before each bound). With
+               several racks the discharge side looks at the emptiest rack
+               (`bms.soc_min`) and the charge side at the fullest (`soc_max`),
+               never at their mean.
 4. grid code   the ramp rate: `ramp` / `next_setpoint` move the previous
                setpoint toward the target by at most `ramp_w_per_s * dt_s`.
                The ramp never holds power above a limit: a limit that drops
@@ -131,12 +140,59 @@ def hardware_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
         return lim.narrow(f"BMS fault {', '.join(sorted(bms.faults))}: no power", charge_w=0, discharge_w=0)
     if not bms.contactor_closed:
         return lim.narrow("contactors open: no power", charge_w=0, discharge_w=0)
+    if not bms.charge_enabled:
+        lim = lim.narrow("BMS disables charging: no charge", charge_w=0)
+    if not bms.discharge_enabled:
+        lim = lim.narrow("BMS disables discharging: no discharge", discharge_w=0)
+    if bms.force_charge:
+        lim = lim.narrow("BMS requests a force charge: no discharge", discharge_w=0)
     v = bms.pack_v
     if not (v > 0) or math.isinf(v):
         return lim.narrow(f"pack voltage {v} V invalid: no power", charge_w=0, discharge_w=0)
     ca, da = _safe_w(bms.charge_limit_a), _safe_w(bms.discharge_limit_a)
     lim = lim.narrow(f"BMS charge limit {ca:.1f} A x {v:.1f} V = {ca * v:.0f} W", charge_w=ca * v)
     return lim.narrow(f"BMS discharge limit {da:.1f} A x {v:.1f} V = {da * v:.0f} W", discharge_w=da * v)
+
+
+def _cells_in_series(bms: BmsReading) -> float:
+    """Cells in series estimated from the pack and the average cell voltage (0 if unknown)."""
+    n = bms.pack_v / bms.cell_v_avg_v if bms.cell_v_avg_v > 0 else 0.0
+    return round(n) if math.isfinite(n) else 0.0
+
+
+def bms_voltage_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
+    """No charge at/above the BMS charge voltage limit, no discharge at/below its discharge voltage limit
+    (pack volts); tapered over `cell_v_taper_v` per cell in series before each."""
+    bms, s = inp.bms, inp.safety
+    if bms is None or (bms.charge_v_max_v is None and bms.discharge_v_min_v is None):
+        return lim
+    v = bms.pack_v
+    if not math.isfinite(v):
+        return lim.narrow(f"pack voltage {v} V invalid: no power", charge_w=0, discharge_w=0)
+    ceil = nameplate(inp)
+    width = max(0.0, s.cell_v_taper_v) * _cells_in_series(bms)
+    v_max = bms.charge_v_max_v
+    if v_max is not None and not math.isfinite(v_max):
+        lim = lim.narrow(f"BMS charge voltage limit {v_max} V invalid: no charge", charge_w=0)
+    elif v_max is not None:
+        f_c = _fraction_above(v_max, v, width)
+        if f_c <= 0:
+            lim = lim.narrow(f"pack {v:.2f} V at BMS charge voltage limit {v_max:.2f} V: no charge", charge_w=0)
+        elif f_c < 1:
+            lim = lim.narrow(f"pack {v:.2f} V near BMS charge voltage limit {v_max:.2f} V: charge tapered to "
+                             f"{_pct(f_c)}", charge_w=ceil.charge_w * f_c)
+    v_min = bms.discharge_v_min_v
+    if v_min is not None and not math.isfinite(v_min):
+        lim = lim.narrow(f"BMS discharge voltage limit {v_min} V invalid: no discharge", discharge_w=0)
+    elif v_min is not None:
+        f_d = _fraction_above(v, v_min, width)
+        if f_d <= 0:
+            lim = lim.narrow(f"pack {v:.2f} V at BMS discharge voltage limit {v_min:.2f} V: no discharge",
+                             discharge_w=0)
+        elif f_d < 1:
+            lim = lim.narrow(f"pack {v:.2f} V near BMS discharge voltage limit {v_min:.2f} V: discharge tapered "
+                             f"to {_pct(f_d)}", discharge_w=ceil.discharge_w * f_d)
+    return lim
 
 
 def temperature_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
@@ -195,27 +251,32 @@ def cell_voltage_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
 
 
 def soc_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
-    """No discharge at/below the floor (reserve, or min in backup); no charge at/above soc_max."""
+    """No discharge at/below the floor (reserve, or min in backup) for the emptiest rack; no charge
+    at/above soc_max for the fullest rack (`soc_min` / `soc_max` of the reading, else its `soc`)."""
     bms, s = inp.bms, inp.safety
     if bms is None:
         return lim
     ceil = nameplate(inp)
     soc = bms.soc
-    if math.isnan(soc):
+    low = soc if bms.soc_min is None else bms.soc_min
+    high = soc if bms.soc_max is None else bms.soc_max
+    if math.isnan(soc) or math.isnan(low) or math.isnan(high):
         return lim.narrow("soc unknown: no power", charge_w=0, discharge_w=0)
+    low_name = "soc" if low == soc else "emptiest rack soc"
+    high_name = "soc" if high == soc else "fullest rack soc"
     floor, name = (s.soc_min, "min") if inp.backup else (s.soc_reserve, "reserve")
     taper = max(0.0, inp.soc_taper)
-    f_d = _fraction_above(soc, floor, taper)
+    f_d = _fraction_above(low, floor, taper)
     if f_d <= 0:
-        lim = lim.narrow(f"soc {soc:.2f} at {name} {floor:.2f}: no discharge", discharge_w=0)
+        lim = lim.narrow(f"{low_name} {low:.2f} at {name} {floor:.2f}: no discharge", discharge_w=0)
     elif f_d < 1:
-        lim = lim.narrow(f"soc {soc:.2f} near {name} {floor:.2f}: discharge tapered to {_pct(f_d)}",
+        lim = lim.narrow(f"{low_name} {low:.2f} near {name} {floor:.2f}: discharge tapered to {_pct(f_d)}",
                          discharge_w=ceil.discharge_w * f_d)
-    f_c = _fraction_above(s.soc_max, soc, taper)
+    f_c = _fraction_above(s.soc_max, high, taper)
     if f_c <= 0:
-        lim = lim.narrow(f"soc {soc:.2f} at max {s.soc_max:.2f}: no charge", charge_w=0)
+        lim = lim.narrow(f"{high_name} {high:.2f} at max {s.soc_max:.2f}: no charge", charge_w=0)
     elif f_c < 1:
-        lim = lim.narrow(f"soc {soc:.2f} near max {s.soc_max:.2f}: charge tapered to {_pct(f_c)}",
+        lim = lim.narrow(f"{high_name} {high:.2f} near max {s.soc_max:.2f}: charge tapered to {_pct(f_c)}",
                          charge_w=ceil.charge_w * f_c)
     return lim
 
@@ -224,6 +285,7 @@ def soc_layer(inp: LimitInputs, lim: PowerLimits) -> PowerLimits:
 # external request come after, in the node (`ramp`, `narrow`, `clamp`).
 LAYERS: tuple[tuple[str, Callable[[LimitInputs, PowerLimits], PowerLimits]], ...] = (
     ("hardware", hardware_layer),
+    ("bms_voltage", bms_voltage_layer),
     ("temperature", temperature_layer),
     ("cell_voltage", cell_voltage_layer),
     ("soc", soc_layer),

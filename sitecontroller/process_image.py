@@ -41,6 +41,16 @@ class BmsReading:
     alarms: frozenset[str] = frozenset()  # warnings reported by the BMS
     faults: frozenset[str] = frozenset()  # faults reported by the BMS (critical)
     capacity_wh: float | None = None
+    # Rack extremes (several racks in parallel): the emptiest and the fullest rack's SOC, over the online
+    # racks and the last known SOC of configured racks that went offline. None: only `soc` is known.
+    soc_min: float | None = None  # 0..1; the limiter's discharge window uses it
+    soc_max: float | None = None  # 0..1; the limiter's charge window uses it
+    # What the BMS allows (None / True: the protocol does not say). Voltages are pack (string) volts.
+    charge_v_max_v: float | None = None  # BMS charge voltage limit: no charge at/above it
+    discharge_v_min_v: float | None = None  # BMS discharge voltage limit: no discharge at/below it
+    charge_enabled: bool = True  # False: the BMS forbids charging
+    discharge_enabled: bool = True  # False: the BMS forbids discharging
+    force_charge: bool = False  # the BMS requests a charge (reported; never widens a limit)
 
     @property
     def pack_w(self) -> float:

@@ -7,10 +7,13 @@ plant's battery. It never steps the physics: it only reads the battery and
 applies the command frames it receives (contactor, balancing, sleep).
 
 Racks: the plant models one battery; rack r reports its own cells
-(`battery.cell_v(r)`, `cell_t(r)`) and an equal share of the current and of
-the current limits. Contactor, balancing and sleep are kept per rack here;
-the battery's contactor is closed only while every rack is closed, it
-balances while any rack does and sleeps while all racks sleep.
+(`battery.cell_v(r)`, `cell_t(r)`), an equal share of the current limits and
+an equal share of the current among the racks whose contactor is closed (an
+open rack carries 0 A). Contactor, balancing and sleep are kept per rack
+here, commanded to all racks (TargetRack 255) or to one; the battery's
+contactor is closed while any rack is closed (an isolated rack leaves the
+others running), it balances while any rack does and sleeps while all racks
+sleep.
 
 Alarm (warning) and fault (protection) bits come from the plant state
 against the thresholds below. The simulated BMS reports faults; it does not
@@ -19,9 +22,13 @@ open its contactors by itself.
 Fault knobs for tests: `drop()` / `resume()` communication (all racks or one),
 `delay_s` (every frame sent that much later), `freeze_alive()`,
 `send_corrupt_frame()`, `send_error_frame()`, `internal_fault`,
-`ignore_commands`, `pylontech_extension` (send the optional 0x373 cell frame). Cell
-over-voltage and over-temperature come from the plant's own knobs
-(`battery.cell_v_fault_v`, `battery.temp_fault_c`).
+`ignore_commands`, `pylontech_extension` (send the optional 0x373 cell frame),
+`rack_soc` (rack -> the SOC that rack reports, e.g. racks at 5 % and 35 %),
+`set_raw(frame, rack=None, **raw)` / `clear_raw()` (send raw signal values as
+they are: the 0x8000 "not available" sentinel, an SOC of 101 %, a negative
+limit, ChargeEnable=0, ForceChargeRequestI=1...). Cell over-voltage and
+over-temperature come from the plant's own knobs (`battery.cell_v_fault_v`,
+`battery.temp_fault_c`).
 """
 from __future__ import annotations
 
@@ -90,6 +97,8 @@ class SimBms:
         self.internal_fault = False
         self.pylontech_extension = True
         self.ignore_commands = False  # a BMS that receives but does not carry out commands
+        self.rack_soc: dict[int, float] = {}  # rack -> reported SOC (fraction) instead of the plant's
+        self._raw: dict[tuple[str, int | None], dict[str, int]] = {}  # (frame, rack or None = all) -> raw values
         # what the controller sent
         self.commands_received = 0
         self.keepalives_received = 0
@@ -139,7 +148,8 @@ class SimBms:
             (self.alive_frozen.add if frozen else self.alive_frozen.discard)(r)
 
     def send_corrupt_frame(self, rack: int = 0, kind: str = "short") -> None:
-        """One bad frame: 'short' (a status frame cut to 3 bytes) or 'range' (SOC raw value beyond 100 %)."""
+        """One bad frame: 'short' (a status frame cut to 3 bytes) or 'range' (SOC one raw step above 100 %,
+        the rest of the frame zero)."""
         name = "RackStatus" if self.config.model == "bess_sim" else "BatterySocSoh"
         good = self.frames(rack)[name]
         if kind == "short":
@@ -148,11 +158,22 @@ class SimBms:
         elif kind == "range":
             sig = self.codec.message(name).get_signal_by_name("SOC")
             raw = {k: 0 for k in good}
-            raw["SOC"] = (1 << sig.length) - 1
+            raw["SOC"] = round((sig.maximum - sig.offset) / sig.scale) + 1
             msg = self.codec.encode_raw(name, raw, rack)
         else:
             raise ValueError(f"unknown corrupt frame kind {kind!r}")
         self._send(msg)
+
+    def set_raw(self, frame: str, rack: int | None = None, **raw: int) -> None:
+        """Send these raw (unscaled) signal values in `frame` of one rack (None: every rack) until cleared."""
+        msg = self.codec.message(frame)
+        unknown = set(raw) - {sig.name for sig in msg.signals}
+        if unknown:
+            raise ValueError(f"{frame} has no signal {', '.join(sorted(unknown))}")
+        self._raw.setdefault((frame, rack), {}).update(raw)
+
+    def clear_raw(self) -> None:
+        self._raw.clear()
 
     def send_error_frame(self) -> None:
         self._send(can.Message(is_error_frame=True, arbitration_id=0, data=b"", is_extended_id=False))
@@ -189,7 +210,7 @@ class SimBms:
                 elif v[key] == CMD_OFF:
                     state[r] = False
         b = self.plant.battery
-        b.contactor_closed = all(self.contactor)
+        b.contactor_closed = any(self.contactor)
         b.balancing = any(self.balancing)
         b.sleeping = all(self.sleeping)
 
@@ -206,7 +227,7 @@ class SimBms:
                     continue
                 try:
                     for name, values in self.frames(r, info).items():
-                        self._send(self.codec.encode(name, values, r))
+                        self._send(self._encode(name, values, r))
                 except Exception:
                     log.exception("simulated BMS: building rack %d frames failed", r)
             nxt += self.period_s
@@ -222,6 +243,20 @@ class SimBms:
         else:
             self._send_now(msg)
 
+    def _encode(self, name: str, values: dict, rack: int) -> can.Message:
+        """The frame, with the `set_raw` overrides for this frame and rack applied."""
+        raw = {**self._raw.get((name, None), {}), **self._raw.get((name, rack), {})}
+        msg = self.codec.encode(name, values, rack)
+        if not raw:
+            return msg
+        m = self.codec.message(name)
+        return self.codec.encode_raw(name, {**m.decode_simple(bytes(msg.data), False, False), **raw}, rack)
+
+    def rack_a(self, rack: int) -> float:
+        """The current of one rack: the racks with a closed contactor share it evenly."""
+        closed = [r for r in range(self.racks) if self.contactor[r]] or list(range(self.racks))
+        return self.plant.battery.pack_a / len(closed) if rack in closed else 0.0
+
     def _send_now(self, msg: can.Message) -> None:
         if self._bus is None:
             return
@@ -236,7 +271,7 @@ class SimBms:
         """(warnings, faults) of one rack, from the plant state against the class thresholds."""
         b = self.plant.battery
         cells, temps = b.cell_v(rack), b.cell_t(rack)
-        i_rack = b.pack_a / self.racks
+        i_rack = self.rack_a(rack)
         charge_lim, discharge_lim = (x / self.racks for x in b.limits_a())
         one_c = b.usable_wh / b.nominal_v / self.racks
         warn, fault = set(), set()
@@ -258,7 +293,7 @@ class SimBms:
                 fault.add(name)
             elif current > max(limit * self.OVERCURRENT_WARN_FACTOR, limit + 1.0):
                 warn.add(name)
-        if b.soc < self.SOC_LOW_WARN:
+        if self.rack_soc.get(rack, b.soc) < self.SOC_LOW_WARN:
             warn.add("SocLow")
         if max(cells) - min(cells) > self.CELL_IMBALANCE_WARN_V:
             warn.add("CellImbalance")
@@ -275,14 +310,15 @@ class SimBms:
         charge_lim, discharge_lim = (x / self.racks for x in b.limits_a())
         warn, fault = self.conditions(r)
         closed = self.contactor[r] and b.contactor_closed
-        pack_v, pack_a = sum(cells), b.pack_a / self.racks
+        pack_v, pack_a = sum(cells), self.rack_a(r)
+        soc = self.rack_soc.get(r, b.soc)
         n = len(cells)
         if r not in self.alive_frozen:
             self._alive[r] = (self._alive[r] + 1) & 0xFF
         if self.config.model == "bess_sim":
             frames = {
                 "RackStatus": {
-                    "PackVoltage": pack_v, "PackCurrent": pack_a, "SOC": b.soc * 100, "SOH": b.soh * 100,
+                    "PackVoltage": pack_v, "PackCurrent": pack_a, "SOC": soc * 100, "SOH": b.soh * 100,
                     "ContactorState": CONTACTOR_CLOSED if closed else CONTACTOR_OPEN,
                     "Balancing": int(self.balancing[r]), "Sleeping": int(self.sleeping[r] or b.sleeping),
                     "AliveCounter": self._alive[r],
@@ -311,12 +347,12 @@ class SimBms:
                 "ChargeVoltage": n * self.CHARGE_V_PER_CELL, "ChargeCurrentLimit": charge_lim,
                 "DischargeCurrentLimit": discharge_lim, "DischargeVoltage": n * self.DISCHARGE_V_PER_CELL,
             },
-            "BatterySocSoh": {"SOC": round(b.soc * 100), "SOH": round(b.soh * 100)},
+            "BatterySocSoh": {"SOC": round(soc * 100), "SOH": round(b.soh * 100)},
             "BatteryActual": {"Voltage": pack_v, "Current": -pack_a, "Temperature": sum(temps) / len(temps)},
             "BatteryProtectAlarm": alarm,
             "BatteryRequest": {
                 "ChargeEnable": int(can_run and charge_lim > 0), "DischargeEnable": int(can_run and discharge_lim > 0),
-                "ForceChargeRequestI": int(b.soc < self.SOC_LOW_WARN),
+                "ForceChargeRequestI": int(soc < self.SOC_LOW_WARN),
             },
         }
         if info:

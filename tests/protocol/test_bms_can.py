@@ -1,9 +1,6 @@
 """The CAN BMS driver against the simulated BMS over a python-can virtual bus (one channel per test)."""
 from __future__ import annotations
 
-import itertools
-import os
-
 import can
 import pytest
 
@@ -12,53 +9,8 @@ from sitecontroller.drivers.base import BmsCommand
 from sitecontroller.drivers.bms import ISSUE_CODES, make_bms
 from sitecontroller.drivers.bms.config import BmsConfig
 from sitecontroller.sim.bms import SimBms
-from sitecontroller.sim.plant import Battery, Grid, Inverter, Load, Plant, Solar
+from tests.protocol.bms_rig import rig_factory  # noqa: F401  (the fixture)
 from tests.util import async_wait_until
-
-_channels = itertools.count()
-
-
-def make_plant(racks: int, soc: float = 0.637) -> Plant:
-    plant = Plant(Battery(capacity_wh=15_000 * racks, soc=soc, racks=racks), Inverter(rated_w=10_000), Grid(), Solar(0), Load(0))
-    plant.battery.pack_a = 7.5 * racks  # discharging
-    return plant
-
-
-class Rig:
-    def __init__(self, plant, sim, drv):
-        self.plant, self.sim, self.drv = plant, sim, drv
-
-    def codes(self) -> set[str]:
-        return {i.code for i in self.drv.issues()}
-
-    def issue(self, code):
-        return next((i for i in self.drv.issues() if i.code == code), None)
-
-
-@pytest.fixture
-async def rig_factory():
-    started = []
-
-    async def build(model="bess_sim", racks=1, **cfg):
-        channel = f"bms-test-{os.getpid()}-{next(_channels)}"
-        cfg.setdefault("timeout_s", 0.5)
-        cfg.setdefault("alive_timeout_s", 0.5)
-        config = BmsConfig(model=model, can={"interface": "virtual", "channel": channel}, racks=racks, **cfg)
-        clock = RealClock()
-        plant = make_plant(racks)
-        sim = SimBms(plant, config, clock, period_s=0.05)
-        drv = make_bms(config, clock)
-        await sim.start()
-        started.append(sim)
-        await drv.start()
-        started.append(drv)
-        rig = Rig(plant, sim, drv)
-        await async_wait_until(lambda: (r := drv.latest()) is not None and r.racks_online == racks, what="all racks online")
-        return rig
-
-    yield build
-    for thing in reversed(started):
-        await thing.close()
 
 
 async def test_decode_and_scaling_match_the_plant(rig_factory):
@@ -81,6 +33,10 @@ async def test_decode_and_scaling_match_the_plant(rig_factory):
     assert r.charge_limit_a == pytest.approx(charge, abs=0.1)
     assert r.discharge_limit_a == pytest.approx(discharge, abs=0.1)
     assert r.contactor_closed is True
+    assert r.charge_v_max_v == pytest.approx(16 * SimBms.CHARGE_V_PER_CELL, abs=0.02)  # RackLimits voltages
+    assert r.discharge_v_min_v == pytest.approx(16 * SimBms.DISCHARGE_V_PER_CELL, abs=0.02)
+    assert (r.charge_enabled, r.discharge_enabled, r.force_charge) == (True, True, False)
+    assert r.soc_min == r.soc_max == r.soc
     assert (r.racks_online, r.racks_total) == (1, 1)
     assert r.alarms == frozenset() and r.faults == frozenset()
     await async_wait_until(lambda: rig.drv.latest().capacity_wh is not None, what="RackInfo frame")
@@ -178,16 +134,27 @@ async def test_stuck_alive_counter_takes_the_rack_out(rig_factory):
 async def test_corrupt_frames_are_counted_not_fatal(rig_factory):
     rig = await rig_factory("bess_sim", racks=1)
     rig.sim.send_corrupt_frame(kind="short")
-    rig.sim.send_corrupt_frame(kind="range")
-    await async_wait_until(lambda: rig.drv.stats()["decode_errors"] >= 2, what="decode errors counted")
+    await async_wait_until(lambda: rig.drv.stats()["decode_errors"] >= 1, what="decode error counted")
     issue = rig.issue("BMS_DECODE_ERRORS")
     assert issue is not None and "RackStatus" in issue.text
-    rig.sim.send_corrupt_frame(kind="range")
-    await async_wait_until(lambda: rig.drv.stats()["decode_errors"] >= 3, what="third decode error")
+    rig.sim.send_corrupt_frame(kind="short")
+    await async_wait_until(lambda: rig.drv.stats()["decode_errors"] >= 2, what="second decode error")
     assert rig.issue("BMS_DECODE_ERRORS").text == issue.text  # stable while the episode lasts
-    assert rig.drv.latest().soc == pytest.approx(rig.plant.battery.soc, abs=0.001)  # the bad SOC was not used
+    assert rig.drv.latest().soc == pytest.approx(rig.plant.battery.soc, abs=0.001)  # the short frame was dropped
     before = rig.drv.stats()["frames_decoded"]
     await async_wait_until(lambda: rig.drv.stats()["frames_decoded"] > before + 10, what="decoding goes on")
+
+
+async def test_value_outside_the_dbc_range_is_passed_on_and_reported(rig_factory):
+    rig = await rig_factory("bess_sim", racks=1)
+    seen = []
+    rig.drv._on_frame = _spy(rig.drv._on_frame, lambda: seen.append(rig.drv.latest().soc))
+    rig.sim.send_corrupt_frame(kind="range")  # SOC 100.1 %: never clamped to 100 % nor dropped
+    issue = await async_wait_until(lambda: rig.issue("BMS_VALUE_OUT_OF_RANGE"), what="BMS_VALUE_OUT_OF_RANGE")
+    assert "RackStatus.SOC=100.1 outside [0, 100]" in issue.text
+    assert ISSUE_CODES["BMS_VALUE_OUT_OF_RANGE"][0] == "critical"
+    assert rig.drv.stats()["values_out_of_range"] == 1 and rig.drv.stats()["decode_errors"] == 0
+    assert any(soc > 1.0 for soc in seen)  # the node saw the impossible SOC until the next frame
 
 
 async def test_error_frames_and_send_failures_are_bus_errors(rig_factory, monkeypatch):
@@ -265,6 +232,9 @@ async def test_pylontech_end_to_end(rig_factory):
     assert r.cell_v_max_v == pytest.approx(max(max(b.cell_v(k)) for k in range(2)), abs=0.001)  # 0x373 extension
     assert r.cell_t_max_c == pytest.approx(max(max(b.cell_t(k)) for k in range(2)), abs=0.6)  # kelvin, 1 K steps
     assert r.contactor_closed and r.capacity_wh is None
+    assert r.charge_v_max_v == pytest.approx(15 * SimBms.CHARGE_V_PER_CELL, abs=0.1)  # 0x351, 0.1 V steps
+    assert r.discharge_v_min_v == pytest.approx(15 * SimBms.DISCHARGE_V_PER_CELL, abs=0.1)
+    assert (r.charge_enabled, r.discharge_enabled, r.force_charge) == (True, True, False)  # 0x35C
     await async_wait_until(lambda: rig.sim.keepalives_received >= 1, what="0x305 keep-alive")
     assert rig.drv.issues() == []
     # no commands in this protocol: an open request is reported, not silently dropped
@@ -276,7 +246,7 @@ async def test_pylontech_end_to_end(rig_factory):
     rig.sim.pylontech_extension = False
     await async_wait_until(lambda: "BMS_CELL_DATA_DERIVED" in rig.codes(), what="BMS_CELL_DATA_DERIVED")
     r = rig.drv.latest()
-    assert r.cell_v_min_v == r.cell_v_max_v == pytest.approx(r.pack_v / 16, abs=0.001)
+    assert r.cell_v_min_v == r.cell_v_max_v == pytest.approx(r.pack_v / 15, abs=0.001)  # US series: 15 cells
     b.temp_fault_c = 70.0
     await async_wait_until(lambda: "OVER_TEMP" in rig.drv.latest().faults, what="protection flag as fault")
     assert not rig.drv.latest().contactor_closed  # charge and discharge disabled by the protection
@@ -285,15 +255,25 @@ async def test_pylontech_end_to_end(rig_factory):
 async def test_pylontech_rack_timeout_and_corrupt_frame(rig_factory):
     rig = await rig_factory("pylontech", racks=2, rack_id_stride=0x20)
     rig.sim.drop(rack=0)
-    await async_wait_until(lambda: rig.issue("BMS_RACK_TIMEOUT"), what="BMS_RACK_TIMEOUT")
+    issue = await async_wait_until(lambda: rig.issue("BMS_RACK_TIMEOUT"), what="BMS_RACK_TIMEOUT")
+    assert "cannot isolate" in issue.text  # no per-rack command in the Pylontech protocol: said, not hidden
     assert rig.drv.latest().racks_online == 1
-    rig.sim.send_corrupt_frame(rack=1, kind="range")
+    rig.sim.send_corrupt_frame(rack=1, kind="short")
     await async_wait_until(lambda: "BMS_DECODE_ERRORS" in rig.codes(), what="BMS_DECODE_ERRORS")
     assert "BMS_ALIVE_STUCK" not in rig.codes()  # Pylontech has no alive counter
 
 
+def _spy(fn, after):
+    def wrapped(*args):
+        fn(*args)
+        after()
+    return wrapped
+
+
 def test_issue_codes_are_registered_with_a_severity():
-    assert set(ISSUE_CODES) >= {"BMS_TIMEOUT", "BMS_RACK_TIMEOUT", "BMS_ALIVE_STUCK", "BMS_BUS_ERROR", "BMS_DECODE_ERRORS"}
+    assert set(ISSUE_CODES) >= {"BMS_TIMEOUT", "BMS_RACK_TIMEOUT", "BMS_ALIVE_STUCK", "BMS_BUS_ERROR", "BMS_DECODE_ERRORS",
+                                "BMS_VALUE_OUT_OF_RANGE"}
+    assert ISSUE_CODES["BMS_RACK_TIMEOUT"][0] == "error"  # a silent configured rack is not just a warning
     for severity, text in ISSUE_CODES.values():
         assert severity in ("warning", "error", "critical") and text
 

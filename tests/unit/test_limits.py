@@ -18,6 +18,7 @@ from sitecontroller.limits import (
     next_setpoint,
     ramp,
 )
+from sitecontroller.drivers.bms.rack import RackValues, aggregate
 from sitecontroller.params import BatteryParams, SafetyParams
 from sitecontroller.process_image import BmsReading
 
@@ -74,6 +75,32 @@ ROWS = [
     ("soc_taper_high", {"soc": 0.93}, {"soc_taper": 0.05}, 1600, 5000, "soc 0.93 near max 0.95: charge tapered to 40%"),
     ("soc_taper_outside", {"soc": 0.5}, {"soc_taper": 0.05}, 4000, 5000, None),
     ("rating_binds", {}, {"rated_w": 3000}, 3000, 3000, None),
+    # what the BMS allows (issue 6, 1.3): enable flags, force charge, voltage limits (pack 50 V = 15 x 3.33 V)
+    ("charge_disabled", {"charge_enabled": False}, {}, 0, 5000, "BMS disables charging: no charge"),
+    ("discharge_disabled", {"discharge_enabled": False}, {}, 4000, 0, "BMS disables discharging: no discharge"),
+    ("force_charge", {"force_charge": True}, {}, 4000, 0, "BMS requests a force charge: no discharge"),
+    ("force_charge_never_widens", {"force_charge": True, "charge_limit_a": 10.0}, {}, 500, 0, "BMS charge limit 10.0 A"),
+    ("cvl_above", {"charge_v_max_v": 49.9}, {}, 0, 5000, "pack 50.00 V at BMS charge voltage limit 49.90 V: no charge"),
+    ("cvl_at", {"charge_v_max_v": 50.0}, {}, 0, 5000, "at BMS charge voltage limit"),
+    ("cvl_near", {"charge_v_max_v": 50.3}, {}, 1600, 5000,
+     "pack 50.00 V near BMS charge voltage limit 50.30 V: charge tapered to 40%"),  # taper 15 x 0.05 V
+    ("cvl_far", {"charge_v_max_v": 53.2}, {}, 4000, 5000, None),
+    ("cvl_nan", {"charge_v_max_v": NAN}, {}, 0, 5000, "BMS charge voltage limit nan V invalid: no charge"),
+    ("dvl_below", {"discharge_v_min_v": 50.5}, {}, 4000, 0, "at BMS discharge voltage limit 50.50 V: no discharge"),
+    ("dvl_near", {"discharge_v_min_v": 49.7}, {}, 4000, 2000,
+     "pack 50.00 V near BMS discharge voltage limit 49.70 V: discharge tapered to 40%"),
+    ("dvl_nan", {"discharge_v_min_v": NAN}, {}, 4000, 0, "BMS discharge voltage limit nan V invalid: no discharge"),
+    # racks (issue 6, 1.4): discharge looks at the emptiest rack, charge at the fullest
+    ("rack_below_reserve", {"soc": 0.20, "soc_min": 0.05, "soc_max": 0.35}, {}, 4000, 0,
+     "emptiest rack soc 0.05 at reserve 0.10: no discharge"),
+    ("rack_above_max", {"soc": 0.80, "soc_min": 0.64, "soc_max": 0.96}, {}, 0, 5000,
+     "fullest rack soc 0.96 at max 0.95: no charge"),
+    ("rack_taper_low", {"soc": 0.30, "soc_min": 0.12, "soc_max": 0.48}, {"soc_taper": 0.05}, 4000, 2000,
+     "emptiest rack soc 0.12 near reserve 0.10: discharge tapered to 40%"),
+    ("racks_inside", {"soc": 0.50, "soc_min": 0.40, "soc_max": 0.60}, {}, 4000, 5000, None),
+    ("rack_soc_nan", {"soc_min": NAN, "soc_max": 0.6}, {}, 0, 0, "soc unknown: no power"),
+    ("rack_backup_min", {"soc": 0.30, "soc_min": 0.05, "soc_max": 0.55}, {"backup": True}, 4000, 0,
+     "emptiest rack soc 0.05 at min 0.05: no discharge"),
     ("bms_binds_over_temp", {"charge_limit_a": 30.0, "cell_t_max_c": 47.5}, {}, 1500, 2500,
      "cell 47.5 °C near max 50.0 °C: power derated to 50%"),
 ]
@@ -187,7 +214,13 @@ def _random_case(rng: random.Random):
         charge_limit_a=rng.uniform(-10, 200), discharge_limit_a=rng.uniform(-10, 200),
         contactor_closed=rng.random() > 0.05,
         faults=frozenset({"F"}) if rng.random() < 0.03 else frozenset(),
+        charge_v_max_v=None if rng.random() < 0.3 else rng.uniform(40, 60),
+        discharge_v_min_v=None if rng.random() < 0.3 else rng.uniform(35, 55),
+        charge_enabled=rng.random() > 0.05, discharge_enabled=rng.random() > 0.05, force_charge=rng.random() < 0.05,
     )
+    if bms is not None and rng.random() < 0.5:
+        lo, hi = sorted((rng.uniform(0, 1), rng.uniform(0, 1)))
+        bms = replace(bms, soc_min=min(lo, bms.soc), soc_max=max(hi, bms.soc))
     return LimitInputs(bms, safety, battery, rng.uniform(500, 10_000), rng.random() < 0.3, rng.choice([0, 0.05]))
 
 
@@ -227,6 +260,10 @@ def test_worse_inputs_never_allow_more():
         ("soc", -0.03, ("discharge_w",)),
         ("charge_limit_a", -20.0, ("charge_w",)),
         ("discharge_limit_a", -20.0, ("discharge_w",)),
+        ("charge_v_max_v", -0.5, ("charge_w",)),
+        ("discharge_v_min_v", +0.5, ("discharge_w",)),
+        ("soc_max", +0.03, ("charge_w",)),
+        ("soc_min", -0.03, ("discharge_w",)),
     ]
     for _ in range(2000):
         inp = _random_case(rng)
@@ -234,6 +271,8 @@ def test_worse_inputs_never_allow_more():
             continue
         base = _fold(inp)
         for field, delta, sides in worse:
+            if getattr(inp.bms, field) is None:
+                continue
             bad = _fold(replace(inp, bms=replace(inp.bms, **{field: getattr(inp.bms, field) + delta})))
             for side in sides:
                 assert getattr(bad, side) <= getattr(base, side) + 1e-6, (field, delta, inp)
@@ -258,3 +297,38 @@ def test_narrow_clamp_and_setpoint_never_leave_the_limits():
         assert -n.charge_w - 1e-9 <= out <= n.discharge_w + 1e-9
         at_bound = math.isclose(out, n.discharge_w) or math.isclose(out, -n.charge_w)
         assert abs(out - prev) <= 500.0 + 1e-6 or at_bound
+
+
+def _random_rack(rng: random.Random) -> RackValues:
+    return RackValues(
+        t=0.0, pack_v=rng.uniform(45, 56), pack_a=rng.uniform(-50, 50), soc=rng.uniform(0, 1), soh=rng.uniform(0.7, 1),
+        cell_v_min_v=3.2, cell_v_max_v=3.35, cell_v_avg_v=3.3, cell_t_min_c=20.0, cell_t_max_c=25.0,
+        charge_limit_a=rng.uniform(0, 200), discharge_limit_a=rng.uniform(0, 200), contactor_closed=True,
+        capacity_wh=rng.choice([None, 5000.0, 10_000.0]),
+    )
+
+
+def test_no_discharge_while_any_rack_is_at_or_below_the_floor_and_no_charge_while_any_is_full():
+    """Seeded random racks (some offline with a last known SOC): the mean never decides, every rack does."""
+    rng = random.Random(20261123)
+    blocked = 0
+    for _ in range(3000):
+        n = rng.randint(1, 6)
+        racks = {i: _random_rack(rng) for i in range(n)}
+        offline_ids = {i for i in racks if rng.random() < 0.2}
+        online = {i: v for i, v in racks.items() if i not in offline_ids}
+        reading = aggregate(online, n, {i: racks[i] for i in offline_ids})
+        if reading is None:
+            continue
+        backup = rng.random() < 0.3
+        safety = SafetyParams(soc_min=rng.uniform(0.0, 0.1), soc_reserve=rng.uniform(0.1, 0.4),
+                              soc_max=rng.uniform(0.6, 1.0))
+        lim = compute_limits(reading, safety, BATTERY, RATED_W, backup=backup, soc_taper=rng.choice([0, 0.05]))
+        floor = safety.soc_min if backup else safety.soc_reserve
+        socs = [v.soc for v in racks.values()]
+        if min(socs) <= floor:
+            blocked += 1
+            assert lim.discharge_w == 0.0, (socs, floor, lim)
+        if max(socs) >= safety.soc_max:
+            assert lim.charge_w == 0.0, (socs, safety.soc_max, lim)
+    assert blocked > 500  # the check really ran on many blocked cases

@@ -1,4 +1,4 @@
-"""CAN BMS drivers: python-can + cantools, one DBC per protocol in dbc/.
+"""CAN BMS drivers: python-can + cantools, one DBC per protocol in the package's dbc/ folder.
 
 `make_bms(config, clock)` builds the driver a `devices.bms` section asks for
 (the CAN models `bess_sim` and `pylontech`; `inproc` is built by the driver
@@ -24,14 +24,24 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
         "and bitrate.",
     ),
     "BMS_RACK_TIMEOUT": (
-        "warning",
-        "One or more racks sent no complete set of frames within timeout_s; they are left out of the reading "
-        "(less capacity and current). Check that rack's BMS and its CAN connection.",
+        "error",
+        "One or more configured racks sent no complete set of frames within timeout_s. Their share of the "
+        "current limits is 0 (the node's limits count only online racks); their last known SOC still bounds the "
+        "SOC window (the rack may still be connected); where the protocol addresses racks (bess_sim) their "
+        "contactors are commanded open, Pylontech cannot isolate a rack. Check that rack's BMS and its CAN "
+        "connection.",
     ),
     "BMS_ALIVE_STUCK": (
         "error",
         "A rack keeps sending frames but its alive counter has not moved for alive_timeout_s: its BMS "
-        "application hangs, its data is not used.",
+        "application hangs, its data is not used (as for a silent rack: no share of the limits, isolated where "
+        "the protocol allows).",
+    ),
+    "BMS_VALUE_OUT_OF_RANGE": (
+        "critical",
+        "The BMS sends a value outside the range its DBC declares (e.g. an SOC above 100 %, a negative current "
+        "limit). The value is used as sent, never clamped or dropped, so the node's protection sees it; the BMS "
+        "data cannot be trusted until it stops. Check the BMS and that the configured model/DBC matches it.",
     ),
     "BMS_BUS_ERROR": (
         "warning",  # a lasting bus failure makes the BMS data stale: BMS_STALE is the critical error
@@ -40,8 +50,8 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
     ),
     "BMS_DECODE_ERRORS": (
         "warning",
-        "Frames with a known BMS id could not be decoded (wrong length or values outside the DBC range); "
-        "they are counted and dropped. Check that the configured model/DBC matches the BMS.",
+        "Frames with a known BMS id could not be decoded (too short); they are counted and dropped. Check that "
+        "the configured model/DBC matches the BMS.",
     ),
     "BMS_CELL_DATA_DERIVED": (
         "warning",

@@ -7,8 +7,10 @@ receive error kills its thread with a traceback (thread mode) or is raised
 into the loop on every wake-up (socketcan `add_reader` mode, e.g. after
 `ip link set can0 down`); unbound, it reports the error to our listener,
 which raises BMS_BUS_ERROR and has the bus reopened. Decoding is the shared
-`FrameCodec` (DBC from dbc/, per-rack id offset); a frame that fails to
-decode is counted, never raised.
+`FrameCodec` (DBC from the package's dbc/ folder, per-rack id offset); a
+frame that fails to decode is counted, never raised. A value outside its DBC
+range is used as it is (never clamped or dropped: the node's protection judges
+the reading) and reported as BMS_VALUE_OUT_OF_RANGE.
 
 A periodic task (every `TICK_S`) sends the command frames (every
 `profile.cmd_period_s` and at once on change) or the protocol's keep-alive,
@@ -17,7 +19,11 @@ are computed from the per-rack state when asked, with the clock's time.
 
 A rack is *online* while every frame its profile requires arrived within
 `timeout_s` and, where the protocol has one, its alive counter moved within
-`alive_timeout_s`. Only online racks enter the reading.
+`alive_timeout_s`. Only online racks enter the reading (their limits); the
+last known SOC of an offline rack still enters the SOC extremes. Once the
+start-up grace (`timeout_s`) is over, an offline rack is *isolated* where the
+protocol can address racks (bess_sim: a per-rack ControllerCommand opens its
+contactor; Pylontech cannot, and BMS_RACK_TIMEOUT says so).
 """
 from __future__ import annotations
 
@@ -92,19 +98,22 @@ class CanBmsDriver(BmsDriver):
         self._bus_error_text = ""
         self._decode_errors_t: deque[float] = deque(maxlen=10_000)
         self._decode_error_text = ""
+        self._range_errors_t: deque[float] = deque(maxlen=10_000)
+        self._range_error_text = ""
         # commands
         self._cmd: BmsCommand | None = None
         self._cmd_t = 0.0
         self._cmd_dirty = False
         self._cmd_next = 0.0
         self._cmd_counter = 0
+        self._isolated: frozenset[int] = frozenset()  # racks whose contactor is commanded open
         self._keepalive_next = 0.0
         # aggregation cache
         self._cache_key = None
         self._cache: object = None
         self._stats = dict.fromkeys(
-            ("frames_rx", "frames_decoded", "decode_errors", "frames_ignored", "error_frames",
-             "frames_tx", "tx_errors", "bus_errors", "bus_opens"), 0)
+            ("frames_rx", "frames_decoded", "decode_errors", "values_out_of_range", "frames_ignored",
+             "error_frames", "frames_tx", "tx_errors", "bus_errors", "bus_opens"), 0)
 
     # --- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -185,6 +194,12 @@ class CanBmsDriver(BmsDriver):
             return
         rack, name, values = decoded
         stats["frames_decoded"] += 1
+        bad = self.codec.out_of_range(name, values)
+        if bad is not None:  # used as it is: the node's protection must see the impossible value
+            stats["values_out_of_range"] += 1
+            if not self._range_errors_t:
+                self._range_error_text = f"rack {rack}: {bad}"  # the episode's first: a stable issue text
+            self._range_errors_t.append(now)
         self._racks[rack].update(name, values, now, self._alive_signal if name == self._alive_message else None)
 
     # --- periodic work -------------------------------------------------------
@@ -217,11 +232,20 @@ class CanBmsDriver(BmsDriver):
         if state == can.BusState.ERROR:
             self._bus_failed("controller in bus-off / error state")
         cmd = self._cmd
+        if cmd is not None:
+            isolated = self._to_isolate(now) if cmd.contactor_closed else frozenset()
+            if isolated != self._isolated:
+                if isolated - self._isolated:
+                    log.warning("BMS rack(s) %s offline: commanding their contactors open", _racks(sorted(isolated)))
+                self._isolated = isolated
+                self._cmd_dirty = True
+                self._cmd_t = now  # the read-back of a rejoining rack gets its full time
         if cmd is not None and (self._cmd_dirty or now >= self._cmd_next):
             self._cmd_dirty = False
             self._cmd_next = now + self.profile.cmd_period_s
-            for name, values in self.profile.command_frames(cmd, self._cmd_counter):
-                self._cmd_counter = (self._cmd_counter + 1) & 0xFF
+            frames = self.profile.command_frames(cmd, self._cmd_counter, self._isolated)
+            self._cmd_counter = (self._cmd_counter + len(frames)) & 0xFF
+            for name, values in frames:
                 self._send(self.codec.encode(name, values))
         if self.profile.keepalive and now >= self._keepalive_next:
             self._keepalive_next = now + self.profile.keepalive_period_s
@@ -258,12 +282,23 @@ class CanBmsDriver(BmsDriver):
                 online[tr.index] = tr.values(self.profile.rack_values)
         return online, silent, stuck
 
+    def _to_isolate(self, now: float) -> frozenset[int]:
+        """Offline racks, once the start-up grace is over, where the protocol can address one rack."""
+        if not self.profile.can_isolate or self._t_start is None or now - self._t_start <= self.config.timeout_s:
+            return frozenset()
+        _, silent, stuck = self._rack_states(now)
+        return frozenset(silent) | frozenset(stuck)
+
     def latest(self):
-        online, _, _ = self._rack_states(self.clock.monotonic())
-        key = tuple((i, self._racks[i].version) for i in online)
+        online, silent, stuck = self._rack_states(self.clock.monotonic())
+        required = self.profile.required
+        offline = {i: self._racks[i] for i in silent + stuck if self._racks[i].complete(required)}
+        key = (tuple((i, self._racks[i].version) for i in online),
+               tuple((i, tr.version) for i, tr in offline.items()))
         if key != self._cache_key:
             self._cache_key = key
-            self._cache = aggregate(online, self.config.racks)
+            last_known = {i: tr.values(self.profile.rack_values) for i, tr in offline.items()}
+            self._cache = aggregate(online, self.config.racks, last_known)
         return self._cache
 
     def issues(self) -> list[DeviceIssue]:
@@ -276,14 +311,18 @@ class CanBmsDriver(BmsDriver):
             out.append(DeviceIssue("BMS_BUS_ERROR", self._bus_error_text or "CAN bus not open"))
         online, silent, stuck = self._rack_states(now)
         started = now - self._t_start > cfg.timeout_s
+        isolation = ("contactor open commanded (isolated)" if self.profile.can_isolate
+                     else f"the {cfg.model} protocol cannot isolate a rack: check it on site")
         if silent and started:
             out.append(DeviceIssue(
                 "BMS_RACK_TIMEOUT",
-                f"rack(s) {_racks(silent)} of {cfg.racks} silent for more than {cfg.timeout_s:g} s"))
+                f"rack(s) {_racks(silent)} of {cfg.racks} silent for more than {cfg.timeout_s:g} s: "
+                f"no share of the current limits; {isolation}"))
         if stuck:
             out.append(DeviceIssue(
                 "BMS_ALIVE_STUCK",
-                f"alive counter of rack(s) {_racks(stuck)} stuck for more than {cfg.alive_timeout_s:g} s: data not used"))
+                f"alive counter of rack(s) {_racks(stuck)} stuck for more than {cfg.alive_timeout_s:g} s: "
+                f"data not used; {isolation}"))
         if not online and (started or stuck):
             out.append(DeviceIssue("BMS_TIMEOUT", f"no BMS rack online (0 of {cfg.racks})"))
         while self._decode_errors_t and now - self._decode_errors_t[0] > self.DECODE_WINDOW_S:
@@ -292,6 +331,12 @@ class CanBmsDriver(BmsDriver):
             out.append(DeviceIssue(  # the count is in stats(): a changing text would rewrite the error file
                 "BMS_DECODE_ERRORS",
                 f"frames fail to decode (counted in decode_errors), e.g. {self._decode_error_text}"))
+        while self._range_errors_t and now - self._range_errors_t[0] > self.DECODE_WINDOW_S:
+            self._range_errors_t.popleft()
+        if self._range_errors_t:
+            out.append(DeviceIssue(  # the count is in stats(), as for decode errors
+                "BMS_VALUE_OUT_OF_RANGE",
+                f"values outside the DBC range (counted in values_out_of_range), e.g. {self._range_error_text}"))
         derived = [i for i, v in online.items() if v.cells_derived]
         if derived:
             out.append(DeviceIssue(

@@ -1,7 +1,9 @@
 """CAN frames <-> signal values for a multi-rack BMS, with the DBC as the only source of truth.
 
 Shared by the driver, the simulated BMS and the decode benchmark, so the two
-ends of the bus can never disagree about a bit.
+ends of the bus can never disagree about a bit. The DBC files live inside the
+package (`sitecontroller/drivers/bms/dbc/`) and are read with
+`importlib.resources`, so they work from a wheel as well as from a checkout.
 
 Multi-rack addressing (documented in each DBC's header comment): a frame sent
 by node `BMS` is sent once per rack, rack r at `frame_id + r * stride`; the
@@ -9,47 +11,64 @@ stride is the DBC attribute `RackIdStride` unless the configuration overrides
 it. Frames sent by any other node (the controller's command, an inverter
 keep-alive) are not offset and belong to no rack.
 
-A frame whose id is known but whose payload cannot be used (too short, a value
-outside the range the DBC declares) raises `FrameError`; the caller counts it.
-A frame whose id is unknown decodes to None (another device on the bus).
+Bad values are never laundered into plausible ones:
+- a raw value the DBC names `not_available` in a value table (`VAL_`), e.g.
+  0x8000 of a signed 16-bit signal, decodes to NaN;
+- a value outside the range the DBC declares is returned unchanged (an SOC of
+  101 % stays 101) and `out_of_range` says which signal; the node's protection
+  judges the reading (BMS_DATA_INVALID), never a clamped or dropped copy.
+A frame whose id is known but whose payload cannot be decoded at all (too
+short) raises `FrameError`; the caller counts it. A frame whose id is unknown
+decodes to None (another device on the bus).
 """
 from __future__ import annotations
 
 import functools
+import math
+from importlib import resources
 from pathlib import Path
 
 import can
 import cantools
 
-# sitecontroller/drivers/bms/codec.py -> the repository root holds dbc/ (works for an editable install)
-DBC_DIR = Path(__file__).resolve().parents[3] / "dbc"
+DBC_DIR = resources.files(__package__) / "dbc"  # a Traversable: a folder in a checkout or an installed wheel
 DEFAULT_DBC = {"bess_sim": "bess_sim.dbc", "pylontech": "pylontech.dbc"}
 RACK_SENDER = "BMS"
 EXTENDED = 0x8000_0000  # key bit for 29-bit identifiers (as cantools does)
+NOT_AVAILABLE = "not_available"  # the value-table name that marks a sentinel raw value
 
 
 class FrameError(ValueError):
     """A frame with a known id whose payload is unusable (length, range, garbage)."""
 
 
-def dbc_path(model: str, name: str | None = None) -> Path:
-    """The DBC file for `model`: `name` (a file in dbc/ or an absolute path) or the model's default."""
+def dbc_path(model: str, name: str | None = None):
+    """The DBC file for `model`: `name` (a file in the package's dbc/ folder, or an absolute path) or the
+    model's default. Returns a `Path` for an absolute name, else an `importlib.resources` Traversable."""
     if name is None:
         if model not in DEFAULT_DBC:
             raise ValueError(f"BMS model {model!r} has no DBC; CAN models: {', '.join(DEFAULT_DBC)}")
         name = DEFAULT_DBC[model]
     path = Path(name)
-    if not path.is_absolute():
-        path = DBC_DIR / path
-    if not path.is_file():
-        raise FileNotFoundError(f"DBC file {str(path)!r} not found (dbc files live in {DBC_DIR})")
-    return path
+    if path.is_absolute():
+        if not path.is_file():
+            raise FileNotFoundError(f"DBC file {str(path)!r} not found")
+        return path
+    res = DBC_DIR.joinpath(*path.parts)
+    if not res.is_file():
+        shipped = ", ".join(sorted(p.name for p in DBC_DIR.iterdir() if p.name.endswith(".dbc")))
+        raise FileNotFoundError(f"DBC file {name!r} not found in the package's dbc folder (shipped: {shipped})")
+    return res
+
+
+def load_dbc(path) -> cantools.database.can.Database:
+    """Parse a DBC (a `dbc_path` result) once per process (the database is only read afterwards)."""
+    return _load_dbc_text(path.read_text(encoding="utf-8"))
 
 
 @functools.lru_cache(maxsize=16)
-def load_dbc(path: str | Path) -> cantools.database.can.Database:
-    """Parse a DBC once per process (the database is only read afterwards)."""
-    return cantools.database.load_file(str(path), database_format="dbc", strict=True)
+def _load_dbc_text(text: str) -> cantools.database.can.Database:
+    return cantools.database.load_string(text, database_format="dbc", strict=True)
 
 
 def dbc_attribute(db, name: str, default=None):
@@ -58,22 +77,34 @@ def dbc_attribute(db, name: str, default=None):
     return attr.value if attr is not None else default
 
 
-def _range_checks(msg) -> tuple[tuple[str, float, float], ...]:
-    """(signal, low, high) for every signal whose DBC range is narrower than its raw range."""
+def _range_checks(msg) -> tuple[tuple[str, float, float, str], ...]:
+    """(signal, low, high, declared range as text) for every signal whose DBC range is narrower than
+    its raw range (low/high include half a scale step of tolerance)."""
     checks = []
     for sig in msg.signals:
         if sig.minimum is None and sig.maximum is None:
             continue
         tol = abs(sig.scale) / 2
-        lo = -float("inf") if sig.minimum is None else sig.minimum - tol
-        hi = float("inf") if sig.maximum is None else sig.maximum + tol
+        lo = -math.inf if sig.minimum is None else sig.minimum - tol
+        hi = math.inf if sig.maximum is None else sig.maximum + tol
         raw_lo = 0 if not sig.is_signed else -(1 << (sig.length - 1))
         raw_hi = (1 << sig.length) - 1 if not sig.is_signed else (1 << (sig.length - 1)) - 1
         ends = (raw_lo * sig.scale + sig.offset, raw_hi * sig.scale + sig.offset)
         if min(ends) >= lo and max(ends) <= hi:
             continue  # every raw value is in range: nothing to check
-        checks.append((sig.name, lo, hi))
+        shown = f"[{'-inf' if sig.minimum is None else f'{sig.minimum:g}'}, {'inf' if sig.maximum is None else f'{sig.maximum:g}'}]"
+        checks.append((sig.name, lo, hi, shown))
     return tuple(checks)
+
+
+def _sentinels(msg) -> tuple[tuple[str, float, float], ...]:
+    """(signal, scaled sentinel value, tolerance) for every signal with a `not_available` raw value."""
+    out = []
+    for sig in msg.signals:
+        for raw, label in (sig.choices or {}).items():
+            if str(label).lower() == NOT_AVAILABLE:
+                out.append((sig.name, int(raw) * sig.scale + sig.offset, abs(sig.scale) / 2))
+    return tuple(out)
 
 
 class FrameCodec:
@@ -88,8 +119,9 @@ class FrameCodec:
             raise ValueError(f"{racks} racks configured, the DBC allows at most {rack_max}")
         self._rx: dict[int, tuple[int | None, object, tuple]] = {}
         self._by_name = {m.name: m for m in db.messages}
+        self._checks = {m.name: _range_checks(m) for m in db.messages}
         for msg in db.messages:
-            checks = _range_checks(msg)
+            sentinels = _sentinels(msg)
             per_rack = RACK_SENDER in msg.senders
             for rack in (range(racks) if per_rack else (None,)):
                 frame_id = self.frame_id(msg, rack)
@@ -100,7 +132,7 @@ class FrameCodec:
                         f"CAN id 0x{frame_id:X} of {msg.name} (rack {rack}) collides with "
                         f"{other[1].name} (rack {other[0]}): choose another rack id stride"
                     )
-                self._rx[key] = (rack, msg, checks)
+                self._rx[key] = (rack, msg, sentinels)
 
     def frame_id(self, msg, rack: int | None) -> int:
         frame_id = msg.frame_id + (rack * self.stride if rack else 0)
@@ -112,20 +144,32 @@ class FrameCodec:
         return self._by_name[name]
 
     def decode(self, arbitration_id: int, data, extended: bool = False):
-        """(rack or None, message name, {signal: value}); None for an id this DBC does not know."""
+        """(rack or None, message name, {signal: value}); None for an id this DBC does not know.
+
+        A `not_available` raw value decodes to NaN; a value outside the DBC range is returned as it is
+        (see `out_of_range`). Raises `FrameError` when the payload cannot be decoded (too short).
+        """
         entry = self._rx.get(arbitration_id | EXTENDED if extended else arbitration_id)
         if entry is None:
             return None
-        rack, msg, checks = entry
+        rack, msg, sentinels = entry
         try:
             values = msg.decode_simple(bytes(data), False, True)
         except Exception as exc:  # cantools raises DecodeError, bitstruct may raise others
             raise FrameError(f"{msg.name} (id 0x{arbitration_id:X}): {exc}") from None
-        for name, lo, hi in checks:
-            value = values[name]
-            if not lo <= value <= hi:
-                raise FrameError(f"{msg.name} (id 0x{arbitration_id:X}): {name}={value:g} outside [{lo:g}, {hi:g}]")
+        for name, value, tol in sentinels:
+            if abs(values[name] - value) <= tol:
+                values[name] = math.nan
         return rack, msg.name, values
+
+    def out_of_range(self, name: str, values: dict) -> str | None:
+        """The first signal of decoded message `name` outside its DBC range, as text; None if all are in range.
+        NaN (not available) is not a range violation: it is already marked."""
+        for sig, lo, hi, shown in self._checks[name]:
+            value = values[sig]
+            if not lo <= value <= hi and not math.isnan(value):
+                return f"{name}.{sig}={value:g} outside {shown}"
+        return None
 
     def encode(self, name: str, values: dict, rack: int | None = None) -> can.Message:
         """A frame for message `name` (of `rack` for per-rack messages); values are clamped to the DBC range."""

@@ -3,7 +3,7 @@
 A profile turns one rack's latest decoded frames into `RackValues` (project
 units: V, A with + = discharge, SOC/SOH as fractions) and says which command
 frames express a `BmsCommand`. The frame layouts themselves live in the DBC
-files (dbc/); a new BMS that speaks an existing protocol is a new DBC plus, at
+files (the package's dbc/ folder); a new BMS that speaks an existing protocol is a new DBC plus, at
 most, a new profile entry, never a new driver.
 
 Alarm and fault names are shared by all models, so the node can map them to
@@ -11,6 +11,11 @@ its error ids without knowing the BMS type:
 CELL_OV, CELL_UV, OVER_TEMP, UNDER_TEMP, CHARGE_OVERCURRENT,
 DISCHARGE_OVERCURRENT, SOC_LOW, CELL_IMBALANCE, INTERNAL, INTERNAL_COMM,
 CONTACTOR.
+
+Values are taken as the BMS sends them: no absolute values, no clamping. A
+"not available" raw value is already NaN (codec), and an impossible value (a
+negative current limit, an SOC above 100 %) reaches the node as it is, where
+protection raises BMS_DATA_INVALID instead of trusting a laundered number.
 """
 from __future__ import annotations
 
@@ -81,6 +86,8 @@ class BessSimProfile:
             cell_t_max_c=ct["CellTMax"],
             charge_limit_a=lim["ChargeCurrentLimit"],
             discharge_limit_a=lim["DischargeCurrentLimit"],
+            charge_v_max_v=lim["ChargeVoltageLimit"],
+            discharge_v_min_v=lim["DischargeVoltageLimit"],
             contactor_closed=st["ContactorState"] == CONTACTOR_CLOSED,
             balancing=bool(st["Balancing"]),
             sleeping=bool(st["Sleeping"]),
@@ -89,14 +96,25 @@ class BessSimProfile:
             capacity_wh=info["CapacityKWh"] * 1000.0 if info and info["CapacityKWh"] > 0 else None,
         )
 
-    def command_frames(self, cmd: BmsCommand, counter: int) -> list[tuple[str, dict]]:
-        return [(self.command_message, {
-            "TargetRack": BROADCAST,
-            "ContactorCmd": CMD_ON if cmd.contactor_closed else CMD_OFF,
-            "BalancingCmd": CMD_ON if cmd.balancing else CMD_OFF,
-            "SleepCmd": CMD_ON if cmd.sleep else CMD_OFF,
-            "CmdCounter": counter & 0xFF,
-        })]
+    can_isolate = True  # ControllerCommand.TargetRack addresses one rack
+
+    def command_frames(self, cmd: BmsCommand, counter: int, isolated=frozenset()) -> list[tuple[str, dict]]:
+        """One broadcast frame; while racks are `isolated` (offline), one frame per rack instead, with the
+        isolated racks' contactors commanded open (a broadcast would close them again).
+        CmdCounter counts from `counter`, one per frame."""
+        def frame(i: int, target: int, closed: bool) -> tuple[str, dict]:
+            return (self.command_message, {
+                "TargetRack": target,
+                "ContactorCmd": CMD_ON if closed else CMD_OFF,
+                "BalancingCmd": CMD_ON if cmd.balancing else CMD_OFF,
+                "SleepCmd": CMD_ON if cmd.sleep else CMD_OFF,
+                "CmdCounter": (counter + i) & 0xFF,
+            })
+
+        if not isolated:
+            return [frame(0, BROADCAST, cmd.contactor_closed)]
+        racks = getattr(self.config, "racks", 1)
+        return [frame(r, r, cmd.contactor_closed and r not in isolated) for r in range(racks)]
 
     def unsupported(self, cmd: BmsCommand) -> str | None:
         return None
@@ -138,8 +156,11 @@ PYLONTECH_EXTENSION = "ExtCellStats"
 
 class PylontechProfile:
     """Pylontech LV V1.2. What the protocol lacks is documented in dbc/pylontech.dbc and handled here:
-    cell figures from the optional 0x373 extension or derived from the pack (flagged `cells_derived`),
-    contactor = charge or discharge enabled, no alive counter, no commands (keep-alive 0x305 only)."""
+    cell figures from the optional 0x373 extension or derived from the pack (flagged `cells_derived`;
+    US-series modules are 15 cells in series, the default), contactor = charge or discharge enabled,
+    no alive counter, no commands (keep-alive 0x305 only: no rack can be isolated)."""
+
+    DEFAULT_CELLS_IN_SERIES = 15
 
     model = "pylontech"
     required = ("BatteryLimits", "BatterySocSoh", "BatteryActual", "BatteryProtectAlarm", "BatteryRequest")
@@ -148,9 +169,10 @@ class PylontechProfile:
     cmd_period_s = 1.0
     keepalive: str | None = "InverterKeepAlive"
     keepalive_period_s = 1.0
+    can_isolate = False
 
     def __init__(self, config=None):
-        self.cells_in_series = getattr(config, "cells_in_series", 16)
+        self.cells_in_series = getattr(config, "cells_in_series", None) or self.DEFAULT_CELLS_IN_SERIES
         self.timeout_s = getattr(config, "timeout_s", 2.0)
 
     def rack_values(self, frames: dict[str, dict], stamps: dict[str, float]) -> RackValues:
@@ -181,15 +203,20 @@ class PylontechProfile:
             cell_v_avg_v=v_avg,
             cell_t_min_c=t_min,
             cell_t_max_c=t_max,
-            charge_limit_a=abs(lim["ChargeCurrentLimit"]),
-            discharge_limit_a=abs(lim["DischargeCurrentLimit"]),
+            charge_limit_a=lim["ChargeCurrentLimit"],  # as sent: NaN (0x8000) or negative reach the node as they are
+            discharge_limit_a=lim["DischargeCurrentLimit"],
+            charge_v_max_v=lim["ChargeVoltage"],
+            discharge_v_min_v=lim["DischargeVoltage"],
+            charge_enabled=bool(req["ChargeEnable"]),
+            discharge_enabled=bool(req["DischargeEnable"]),
+            force_charge=bool(req["ForceChargeRequestI"] or req["ForceChargeRequestII"]),
             contactor_closed=bool(req["ChargeEnable"] or req["DischargeEnable"]),
             alarms=_flags(pa, PYLONTECH_WARNINGS),
             faults=_flags(pa, PYLONTECH_FAULTS),
             cells_derived=ext is None,
         )
 
-    def command_frames(self, cmd: BmsCommand, counter: int) -> list[tuple[str, dict]]:
+    def command_frames(self, cmd: BmsCommand, counter: int, isolated=frozenset()) -> list[tuple[str, dict]]:
         return []
 
     def unsupported(self, cmd: BmsCommand) -> str | None:
