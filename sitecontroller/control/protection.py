@@ -59,9 +59,9 @@ def implausible(b: BmsReading) -> str | None:
         "cell_v_max_v": b.cell_v_max_v, "cell_t_min_c": b.cell_t_min_c, "cell_t_max_c": b.cell_t_max_c,
         "charge_limit_a": b.charge_limit_a, "discharge_limit_a": b.discharge_limit_a,
     }
-    for name in ("soc_min", "soc_max"):  # rack extremes, where the BMS reports them
-        if getattr(b, name, None) is not None:
-            values[name] = getattr(b, name)
+    optional = {"soc_min": b.soc_min, "soc_max": b.soc_max, "charge_v_max_v": b.charge_v_max_v,
+                "discharge_v_min_v": b.discharge_v_min_v}  # sent by some BMS types only
+    values.update({name: v for name, v in optional.items() if v is not None})
     for name, v in values.items():
         if not math.isfinite(v):
             return f"a non-numeric {name} ({v})"
@@ -73,4 +73,6 @@ def implausible(b: BmsReading) -> str | None:
     for name in ("cell_v_min_v", "cell_v_max_v"):
         if not 0.0 < values[name] < 10.0:
             return f"an impossible {name} ({values[name]:g} V; possible 0..10 V)"
+    if b.cell_v_min_v > b.cell_v_max_v:
+        return f"cell_v_min_v above cell_v_max_v ({b.cell_v_min_v:g} V > {b.cell_v_max_v:g} V)"
     return None

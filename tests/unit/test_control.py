@@ -181,6 +181,8 @@ def test_a_response_never_leaves_the_reserve_window(make_params):
 @pytest.mark.parametrize("field,value", [
     ("soc", 1.01), ("soc", -0.01), ("soh", 1.5), ("charge_limit_a", -3276.8), ("discharge_limit_a", float("nan")),
     ("cell_v_max_v", 0.0), ("cell_v_min_v", 12.0), ("pack_v", -1.0), ("pack_a", float("inf")),
+    ("soc_min", -0.2), ("soc_max", 1.2), ("charge_v_max_v", float("nan")), ("discharge_v_min_v", float("-inf")),
+    ("cell_v_min_v", 3.5),  # above the highest cell (3.29 V)
 ])
 def test_impossible_bms_values_are_invalid_data(make_params, field, value):
     errs = protection(image(bms=replace(BMS, **{field: value})), make_params().safety, grace_over=True)
