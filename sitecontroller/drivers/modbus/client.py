@@ -27,6 +27,16 @@ EXCEPTION_NAMES = {
 }
 
 
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _raise_if_cancelling() -> None:
+    if _cancelling():
+        raise asyncio.CancelledError()
+
+
 class CommError(Exception):
     """The device did not answer usefully (the link is down or timed out)."""
 
@@ -113,10 +123,17 @@ class ModbusClient:
     async def connect(self) -> bool:
         """Connect now (ignoring the backoff). Never raises; False if it failed."""
         self._drop()
+        client = None
         try:
             client = self._make()
-            ok = await asyncio.wait_for(client.connect(), self.timeout_s + 0.5)
+            async with asyncio.timeout(self.timeout_s + 0.5):
+                ok = await client.connect()
+        except asyncio.CancelledError:
+            if client is not None:
+                client.close()
+            raise
         except (CommError, OSError, asyncio.TimeoutError) as exc:
+            _raise_if_cancelling()
             log.debug("modbus connect to %s failed: %s", self.where, exc)
             ok, client = False, None
         if ok and client is not None and client.connected:
@@ -162,11 +179,17 @@ class ModbusClient:
             self.counters["requests"] += 1
             t0 = time.perf_counter()
             try:
-                rr = await asyncio.wait_for(make_request(self._client), self.timeout_s + 0.5)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that arrives as the answer does, and the caller's task then never stops
+                async with asyncio.timeout(self.timeout_s + 0.5):
+                    rr = await make_request(self._client)
             except asyncio.CancelledError:
                 self._drop()
                 raise
             except Exception as exc:  # timeout, connection lost, garbled frame: the link is unusable
+                if _cancelling():  # pymodbus turned our cancellation into an error: it is still one
+                    self._drop()
+                    raise asyncio.CancelledError() from None
                 self.counters["comm_errors"] += 1
                 self._drop()
                 self._schedule_retry()
