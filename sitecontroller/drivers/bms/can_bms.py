@@ -114,10 +114,11 @@ class CanBmsDriver(BmsDriver):
         self._task = asyncio.create_task(self._run(), name=f"bms-can-{self.config.can.channel}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop the task (bounded: a task that does not stop is logged and left) and close the bus."""
+        from ..polling import CLOSE_TIMEOUT_S, cancel_and_wait
+
+        task, self._task = self._task, None
+        await cancel_and_wait(task, CLOSE_TIMEOUT_S, f"BMS CAN {self.config.can.channel}")
         self._close_bus()
 
     def _open_bus(self) -> None:
@@ -199,6 +200,8 @@ class CanBmsDriver(BmsDriver):
             try:
                 self._tick(now)
             except Exception:  # the task must survive anything a bus backend throws
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError() from None
                 log.exception("BMS CAN driver tick failed")
 
     def _tick(self, now: float) -> None:
