@@ -38,7 +38,7 @@ def make_inverter(config: InverterConfig, clock, soc_window: tuple[float, float]
     if config.model in MODBUS_MODELS:
         from .modbus_inverter import ModbusInverter
 
-        return ModbusInverter(config, clock)
+        return ModbusInverter(config, clock, soc_window=soc_window)
     if config.model == "indevolt":
         from .indevolt import IndevoltInverter  # HTTP driver, imported lazily by name
 

@@ -18,11 +18,13 @@ retried at every poll and reported until one succeeds; it is never silent.
 from __future__ import annotations
 
 import logging
+import math
 
 from ...process_image import InverterReading
 from ..base import InverterCommand, InverterDriver
 from ..modbus import (
     CodecError,
+    Failsafe,
     CommError,
     DecodeError,
     DeviceError,
@@ -54,6 +56,22 @@ def inverter_profile(config: InverterConfig, profile: str | Profile | None = Non
     return p
 
 
+def device_failsafe(profile: Profile, config: InverterConfig, soc_window: tuple[float, float] | None) -> Failsafe:
+    """The fail-safe values the control writes carry (revert time, device SOC window in whole %)."""
+    revert_s = profile.failsafe_s
+    if config.failsafe_s is not None:
+        if profile.failsafe != "revert":
+            what = {"heartbeat": f"its heartbeat timeout is fixed by the device ({profile.failsafe_s:g} s)",
+                    "none": "it has no communication timeout"}[profile.failsafe]
+            raise ValueError(f"devices.inverter.failsafe_s: model {config.model!r} has no revert timer to set; {what}")
+        revert_s = config.failsafe_s
+    low, high = 5, 100
+    if soc_window is not None:
+        low = max(5, min(100, math.ceil(round(soc_window[0] * 100, 6))))
+        high = max(low, min(100, math.floor(round(soc_window[1] * 100, 6))))
+    return Failsafe(revert_s=revert_s, soc_low_pct=low, soc_high_pct=high)
+
+
 def _floats(values) -> tuple[float, ...]:
     return tuple(float(v) for v in values if v is not None)
 
@@ -65,12 +83,18 @@ def _opt(v) -> float | None:
 class ModbusInverter(PollingDriver, InverterDriver):
     comm_lost_code = COMM_LOST
 
-    def __init__(self, config: InverterConfig, clock, profile: str | Profile | None = None) -> None:
+    def __init__(self, config: InverterConfig, clock, profile: str | Profile | None = None,
+                 soc_window: tuple[float, float] | None = None) -> None:
+        """`soc_window` = the node's (soc_reserve, soc_max): for profiles that write a device SOC limit."""
         if config.transport not in ("tcp", "serial"):
             raise ValueError(f"inverter model {config.model!r} speaks Modbus: transport must be 'tcp' or 'serial'")
         super().__init__(clock, poll_s=config.poll_s, comm_lost_s=config.comm_lost_s, comm_lost_polls=1)
         self.config = config
         self.profile = inverter_profile(config, profile)
+        self.failsafe = device_failsafe(self.profile, config, soc_window)
+        self.keepalive_s = self.profile.keepalive_s
+        if self.profile.failsafe == "revert":  # rewrite well before the device reverts
+            self.keepalive_s = min(self.keepalive_s, self.failsafe.revert_s / 3)
         self.client = ModbusClient.from_config(config)
         self.device = ModbusDevice(self.profile, self.client)
         self._names = self.profile.poll_points()
@@ -200,7 +224,7 @@ class ModbusInverter(PollingDriver, InverterDriver):
         if not ref:
             self._write_failed(f"the power reference {self.profile.ref_w!r} is not available; setpoint not written")
             return None
-        return encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat)
+        return encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat, self.failsafe)
 
     async def _write(self, cmd: InverterCommand, due: bool) -> bool:
         """Write the control points when the command changed (at once), after a failure or a
@@ -214,7 +238,7 @@ class ModbusInverter(PollingDriver, InverterDriver):
         changed = self._written is None or plain != self._without_heartbeat(self._written)
         if not due and (not changed or plain == self._attempted):
             return not changed  # a failed write is retried at the next poll, not at every wake-up
-        if due and not changed and now - self._written_at < self.profile.keepalive_s:
+        if due and not changed and now - self._written_at < self.keepalive_s:
             return True
         self._base_stats["writes"] += 1
         self._attempted = plain
