@@ -317,3 +317,27 @@ async def test_an_rtu_link_that_cannot_open_is_a_comm_error():
     with pytest.raises(CommError):
         await client.read("holding", 0, 1)
     client.close()
+
+
+# --- one connection per physical link -------------------------------------------------------------
+async def test_devices_on_one_link_share_one_connection():
+    """Two devices behind one host:port (a gateway, or one RS-485 line) use one connection and one
+    lock; closing one leaves the other's link up."""
+    async with rig("sunspec") as r:
+        await first_reading(r)
+        other = ModbusInverter(r.config, RealClock())  # a second device on the same link
+        await other.start()
+        try:
+            await async_wait_until(other.latest, what="the second device's reading")
+            assert r.drv.client.shared_by == 2 and r.drv.client._link is other.client._link
+            assert r.drv.stats()["modbus_connects"] == 1 == other.stats()["modbus_connects"]
+            polls = r.drv.stats()["polls"], other.stats()["polls"]
+            await async_wait_until(lambda: r.drv.stats()["polls"] > polls[0] + 5 and
+                                   other.stats()["polls"] > polls[1] + 5, what="both polling")
+            assert r.codes() == set() and other.issues() == []
+        finally:
+            await other.close()
+        assert r.drv.client.shared_by == 1
+        t = r.drv.latest().t
+        await async_wait_until(lambda: r.drv.latest().t > t, what="the first device still polling")
+        assert r.drv.stats()["modbus_connects"] == 1
