@@ -31,9 +31,9 @@ from typing import Any
 
 from aiohttp import web
 
+WATCH_S = 0.05  # how often the device checks its SOC limit
 MODES = (1, 4, 5)
 REALTIME = 4
-WATCH_S = 0.05
 
 
 class SimIndevolt:

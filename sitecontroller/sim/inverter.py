@@ -29,11 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 
 from ..drivers.inverter.config import InverterConfig
 from ..drivers.modbus import Profile, decode_command, load_profile
 from .modbus_server import ProfileServer
+
+WATCH_S = 0.05  # how often the device checks its own fail-safes
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def inverter_quantities(plant) -> dict:
@@ -82,11 +87,8 @@ def inverter_quantities(plant) -> dict:
     }
 
 
-WATCH_S = 0.05
-
-
 class SimModbusInverter:
-    def __init__(self, plant, config: InverterConfig, profile: str | Profile | None = None, clock=None) -> None:
+    def __init__(self, plant, config: InverterConfig, profile: str | Profile | None = None) -> None:
         if not isinstance(profile, Profile):
             profile = load_profile(profile or config.profile or config.model, kind="inverter")
         self.plant = plant
@@ -103,7 +105,7 @@ class SimModbusInverter:
         self.profile = self.server.profile  # with the served (SunSpec-resolved) addresses
         self._control = self.profile.control_points()
         self.applied = 0  # accepted control writes
-        self._now = clock.monotonic if clock is not None else time.monotonic
+        self._now = _loop_time  # the device's own clock: the event loop's (virtual time follows it)
         by_source = {w.source: w.point for w in self.profile.writes if w.source}
         self._revert_point = by_source.get("revert_s") if self.profile.failsafe == "revert" else None
         self._heartbeat_point = by_source.get("heartbeat") if self.profile.failsafe == "heartbeat" else None
