@@ -4,7 +4,8 @@
 - `layout`: SunSpec layout/address resolution and batched read planning;
 - `codec`: registers <-> engineering values (pure);
 - `setpoints`: command <-> control point values (pure);
-- `client`: asyncio pymodbus client (TCP / RTU) with timeouts and reconnect backoff;
+- `client`: asyncio pymodbus client (TCP / RTU) with timeouts and reconnect backoff, one
+  connection per physical link shared by every device on it;
 - `device`: a profile-driven device (SunSpec discovery, read, write, verify).
 """
 from .client import CommError, DeviceError, ModbusClient
