@@ -107,3 +107,20 @@ async def test_close_returns_in_bounded_time_whenever_it_is_called(kind):
             await drv.start()
         await drv.close()
         print(f"{kind}: {ROUNDS} closes, worst {worst_s * 1000:.0f} ms")
+
+
+async def test_can_bms_flush_sends_the_contactor_command_at_once():
+    async with device("can_bms") as (sim, make, cmd):
+        drv = make()
+        await drv.start()
+        try:
+            await async_wait_until(drv.latest, what="a first reading")
+            drv.command(BmsCommand(contactor_closed=False))
+            sent = drv.stats()["frames_tx"]
+            assert await drv.flush(1.0)
+            assert drv.stats()["frames_tx"] > sent
+            await async_wait_until(lambda: not sim.plant.battery.contactor_closed, timeout_s=1.0,
+                                   what="the simulated BMS opening its contactors")
+            assert await drv.flush(1.0)  # nothing pending any more
+        finally:
+            await drv.close()

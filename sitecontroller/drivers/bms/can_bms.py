@@ -121,6 +121,14 @@ class CanBmsDriver(BmsDriver):
         await cancel_and_wait(task, CLOSE_TIMEOUT_S, f"BMS CAN {self.config.can.channel}")
         self._close_bus()
 
+    async def flush(self, timeout_s: float) -> bool:
+        """Send a changed command now instead of at the next tick; True if its frames went out."""
+        if self._cmd is None or not self._cmd_dirty:
+            return True
+        errors = self._stats["tx_errors"]
+        self._tick(self.clock.monotonic())  # sends the dirty command (CAN send is bounded by SEND_TIMEOUT_S)
+        return not self._cmd_dirty and self._stats["tx_errors"] == errors
+
     def _open_bus(self) -> None:
         c = self.config.can
         try:
