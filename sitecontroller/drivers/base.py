@@ -8,6 +8,12 @@ checks the acknowledgement, and reports a failed write as an active issue.
 
 A driver never decides power: it only reports what it sees (`latest`,
 `issues`) and carries out what it is told (`command`).
+
+Lifecycle: `start()` never raises for a silent device; `close()` always returns
+within a bounded time (cancellation wins, see `drivers/polling.py`); before an
+orderly stop closes the drivers, `await flush(timeout_s)` pushes the last
+command (e.g. run=False, 0 W) to the device and says whether it got there.
+Polling drivers share one base, `drivers.polling.PollingDriver`.
 """
 from __future__ import annotations
 
@@ -60,7 +66,13 @@ class Driver(abc.ABC, Generic[R]):
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Stop the task and release the bus/socket."""
+        """Stop the task and release the bus/socket. Returns within a bounded time (a task that
+        does not stop is logged and left behind, never awaited forever)."""
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Write the pending command now and wait until the device acknowledged it (the write
+        was answered) or `timeout_s` passed. True if nothing is pending or it got there."""
+        return True
 
     @abc.abstractmethod
     def latest(self) -> R | None:

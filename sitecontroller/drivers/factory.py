@@ -20,6 +20,11 @@ class Devices:
         for d in self.all():
             await d.start()
 
+    async def flush(self, timeout_s: float) -> bool:
+        """Push every driver's last command to its device (see `Driver.flush`); True if all got there."""
+        results = [await d.flush(timeout_s) for d in self.all()]
+        return all(results)
+
     async def close(self) -> None:
         for d in self.all():
             await d.close()
@@ -46,7 +51,7 @@ def make_devices(params, clock, plant=None) -> Devices:
         inverter = InprocInverter(needs_plant("inverter"), clock)
     else:
         from .inverter import make_inverter
-        inverter = make_inverter(cfg.inverter, clock)
+        inverter = make_inverter(cfg.inverter, clock, soc_window=(params.safety.soc_reserve, params.safety.soc_max))
 
     meter = None
     if cfg.meter is not None:

@@ -11,6 +11,12 @@ simulated inverter in standby (the sim does not model the device's own strategie
 Unknown points are left out of GetData replies; an invalid SetData answers
 `{"result": false}`; a `config` that is not JSON answers HTTP 400.
 
+Device-side fail-safe: the SOC limit written with 47015 (the third value) is enforced by
+the device itself, every `WATCH_S`, also when nobody polls: a discharge ends at or below
+it, a charge at or above it (the order drops to standby, `failsafe_fired` = "soc").
+The public docs describe no communication timeout: without the node the device keeps
+its last real-time order until that SOC limit.
+
 Fault knobs (plain attributes, change them at any time):
   silent        hold every request unanswered (the client times out)
   delay_s       answer each request this much later
@@ -25,6 +31,7 @@ from typing import Any
 
 from aiohttp import web
 
+WATCH_S = 0.05  # how often the device checks its SOC limit
 MODES = (1, 4, 5)
 REALTIME = 4
 
@@ -52,6 +59,8 @@ class SimIndevolt:
         self._release.set()
         self._closing = False
         self._runner: web.AppRunner | None = None
+        self._watcher: asyncio.Task | None = None
+        self.failsafe_fired: str | None = None
 
     @property
     def silent(self) -> bool:
@@ -73,8 +82,28 @@ class SimIndevolt:
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         self.port = self._runner.addresses[0][1]
+        self._watcher = asyncio.create_task(self._watch(), name="sim indevolt SOC limit")
+
+    def check_failsafe(self) -> None:
+        """End a discharge at or below the SOC limit, a charge at or above it (the device's own stop)."""
+        if self.mode != REALTIME or self.order not in (1, 2):
+            return
+        soc_pct = 100.0 * self.plant.battery.soc
+        if (self.order == 2 and soc_pct <= self.end_soc_pct) or (self.order == 1 and soc_pct >= self.end_soc_pct):
+            self.order = 0
+            self.failsafe_fired = "soc"
+            self._apply()
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            self.check_failsafe()
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         self._closing = True
         self._release.set()
         runner, self._runner = self._runner, None

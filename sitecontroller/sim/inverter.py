@@ -13,14 +13,32 @@ Fault knobs (tests and the simulator CLI):
 - `delay_s`: every answer comes this much later;
 - `trip(fault)`: the inverter trips (`plant.inverter.trip`), reports the fault;
 - `reject_writes`: every write is answered with DEVICE_FAILURE.
+
+Device-side fail-safes (issue 6, 1.5), as the profile's `[control].failsafe` says,
+checked every `WATCH_S` by the simulator's own task, also when nobody polls:
+- "revert": the revert time is the value last written to the `revert_s` point (e.g.
+  SunSpec 704 WSetRvrtTms); no control write for that long -> the power setpoint
+  reverts to 0 W (the served setpoint registers show it too);
+- "heartbeat": the `heartbeat` point, once written, must change within
+  `failsafe_s`; otherwise the inverter stops (run off, 0 W);
+- device SOC stops (points with sources `soc_low_pct` / `soc_high_pct`): discharging
+  ends at or below the low one, charging at or above the high one.
+`failsafe_fired` names the last one that acted (None while none did).
 """
 from __future__ import annotations
 
+import asyncio
 import math
 
 from ..drivers.inverter.config import InverterConfig
 from ..drivers.modbus import Profile, decode_command, load_profile
 from .modbus_server import ProfileServer
+
+WATCH_S = 0.05  # how often the device checks its own fail-safes
+
+
+def _loop_time() -> float:
+    return asyncio.get_running_loop().time()
 
 
 def inverter_quantities(plant) -> dict:
@@ -65,6 +83,7 @@ def inverter_quantities(plant) -> dict:
         "state": state,
         "faults": frozenset(inv.faults),
         "bat_state": "connected" if bat.contactor_closed else "disconnected",
+        "revert_remaining_s": 0,
     }
 
 
@@ -86,9 +105,68 @@ class SimModbusInverter:
         self.profile = self.server.profile  # with the served (SunSpec-resolved) addresses
         self._control = self.profile.control_points()
         self.applied = 0  # accepted control writes
+        self._now = _loop_time  # the device's own clock: the event loop's (virtual time follows it)
+        by_source = {w.source: w.point for w in self.profile.writes if w.source}
+        self._revert_point = by_source.get("revert_s") if self.profile.failsafe == "revert" else None
+        self._heartbeat_point = by_source.get("heartbeat") if self.profile.failsafe == "heartbeat" else None
+        self._soc_points = (by_source.get("soc_low_pct"), by_source.get("soc_high_pct"))
+        self._setpoint_points = [w.point for w in self.profile.writes
+                                 if w.source in ("p_w", "p_pct", "window_out_pct", "window_in_pct", "discharge_pct",
+                                                 "charge_pct", "discharge_w", "charge_w")]
+        self._last_write: float | None = None  # monotonic time of the last accepted control write
+        self._last_beat: tuple[float, float] | None = None  # (heartbeat value, when it last changed)
+        self.failsafe_fired: str | None = None
+        self.last_write_t: float | None = None  # when the last control write was accepted (the sim's clock)
+        self.last_beat_t: float | None = None  # when the heartbeat last changed
+        self._watcher: asyncio.Task | None = None
 
     def quantities(self) -> dict:
-        return inverter_quantities(self.plant)
+        q = inverter_quantities(self.plant)
+        q["revert_remaining_s"] = self.revert_remaining_s()
+        return q
+
+    # --- device-side fail-safes ----------------------------------------------------------------
+    def revert_remaining_s(self) -> float:
+        if self._revert_point is None or self._last_write is None or self.failsafe_fired:
+            return 0.0
+        timer_s = float(self.server.values([self._revert_point])[self._revert_point] or 0.0)
+        return max(0.0, timer_s - (self._now() - self._last_write)) if timer_s > 0 else 0.0
+
+    def check_failsafe(self) -> None:
+        """Apply the device's own fail-safes now (the watcher task calls this every WATCH_S)."""
+        inv, now = self.plant.inverter, self._now()
+        if self._revert_point and self._last_write is not None and self.failsafe_fired is None:
+            timer_s = float(self.server.values([self._revert_point])[self._revert_point] or 0.0)
+            if timer_s > 0 and now - self._last_write >= timer_s:
+                inv.setpoint_p_w, inv.setpoint_q_var = 0.0, 0.0
+                self.server.set_values({n: 0 for n in self._setpoint_points})
+                self.failsafe_fired = "revert"
+        if self._heartbeat_point and self._last_beat is not None and self.failsafe_fired is None:
+            if now - self._last_beat[1] >= self.profile.failsafe_s:
+                inv.setpoint_p_w, inv.setpoint_q_var, inv.run_requested = 0.0, 0.0, False
+                self.failsafe_fired = "heartbeat"
+        low_point, high_point = self._soc_points
+        soc_pct = 100.0 * self.plant.battery.soc
+        if low_point and inv.setpoint_p_w > 0:
+            low = self.server.values([low_point])[low_point]
+            if low is not None and soc_pct <= low:
+                inv.setpoint_p_w = 0.0
+                self.failsafe_fired = "soc_low"
+        if high_point and inv.setpoint_p_w < 0:
+            high = self.server.values([high_point])[high_point]
+            if high is not None and soc_pct >= high:
+                inv.setpoint_p_w = 0.0
+                self.failsafe_fired = "soc_high"
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                self.check_failsafe()
+            except Exception:  # noqa: BLE001  (a sim bug must not end the device)
+                import logging
+
+                logging.getLogger(__name__).exception("sim inverter: fail-safe check failed")
 
     # --- writes ----------------------------------------------------------------------------
     def _ref_w(self) -> float:
@@ -110,6 +188,14 @@ class SimModbusInverter:
         inv.setpoint_q_var = sp.q_var
         inv.run_requested = sp.run
         self.applied += 1
+        now = self._now()
+        self._last_write = self.last_write_t = now
+        self.failsafe_fired = None
+        if self._heartbeat_point and self._heartbeat_point in written:
+            beat = written[self._heartbeat_point]
+            if self._last_beat is None or beat != self._last_beat[0]:
+                self._last_beat = (beat, now)
+                self.last_beat_t = now
         return None
 
     # --- fault knobs -------------------------------------------------------------------------
@@ -151,6 +237,12 @@ class SimModbusInverter:
     # --- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         await self.server.start()
+        if self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch(), name="sim inverter fail-safe")
 
     async def close(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
         await self.server.close()

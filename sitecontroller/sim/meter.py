@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -34,13 +35,16 @@ class MeterFaults:
                "missing" (no active_power_w), "range" (voltage 5000 V);
                Modbus: any value serves a frequency no grid has (655 Hz);
     http_status: P1 only: answer with this HTTP status instead of 200
-               (403 is what a P1 with its local API disabled answers).
+               (403 is what a P1 with its local API disabled answers);
+    frozen:    P1 only: the dongle keeps serving its last telegram (same
+               values, same `timestamp`), as a stuck meter or dongle does.
     """
 
     stopped: bool = False
     delay_s: float = 0.0
     malformed: str | None = None
     http_status: int = 200
+    frozen: bool = False
 
 
 def meter_values(plant) -> dict:
@@ -89,8 +93,16 @@ class SimP1Meter(_SimMeterBase):
         super().__init__(plant, config)
         self.with_frequency = with_frequency
         self.requests = 0  # requests received (answered or not)
+        self.telegram_s = 1.0  # a DSMR 5 meter sends one telegram a second
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()
+        self._last_doc: dict | None = None
+
+    def telegram_stamp(self) -> int:
+        """The current telegram's time as DSMR writes it (YYMMDDhhmmss, local time)."""
+        t = time.time()
+        t -= t % self.telegram_s
+        return int(time.strftime("%y%m%d%H%M%S", time.localtime(t)))
 
     def payload(self) -> dict:
         """The `/api/v1/data` document for the plant's present state (W to 1 W, V to 0.1 V)."""
@@ -100,6 +112,7 @@ class SimP1Meter(_SimMeterBase):
             "wifi_strength": 100,
             "smr_version": 50,
             "meter_model": "SIM P1",
+            "timestamp": self.telegram_stamp(),
             "active_power_w": round(v["p_w"]),
         }
         for i, (p, volts, amps) in enumerate(zip(v["phase_p_w"], v["phase_v"], v["phase_a"]), start=1):
@@ -117,7 +130,11 @@ class SimP1Meter(_SimMeterBase):
         return await self._answer(self._data_body)
 
     def _data_body(self) -> str:
-        doc = self.payload()
+        if self.faults.frozen and self._last_doc is not None:
+            doc = dict(self._last_doc)
+        else:
+            doc = self._last_doc = self.payload()
+            doc = dict(doc)
         kind = self.faults.malformed
         if kind == "json":
             return json.dumps(doc)[:-7]

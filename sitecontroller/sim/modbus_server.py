@@ -188,6 +188,13 @@ class ProfileServer:
             out[n] = decode_point(p, img["regs"][i : i + p.count], sf)
         return out
 
+    def set_values(self, values: dict) -> None:
+        """Store engineering values into the served registers (what the device itself changes)."""
+        for n, v in values.items():
+            p = self.profile.point(n)
+            img = self._regs[p.table]
+            self._put(img["regs"], img["start"], p, v)
+
     # --- the pymodbus action hook ----------------------------------------------------------
     async def _action(self, fc, start_address, address, count, registers, set_values):
         self.requests += 1

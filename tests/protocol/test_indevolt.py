@@ -183,3 +183,17 @@ async def test_inverter_fault_is_an_issue(rig):
 ])
 def test_target_mapping(cmd, expected):
     assert target_of(cmd, RATED_W) == expected
+
+
+async def test_flush_puts_the_stop_on_the_device_before_it_returns(rig):
+    plant, sim, driver = rig
+    await async_wait_until(lambda: driver.latest() is not None, what="first reading")
+    driver.command(InverterCommand(p_w=1000.0))
+    assert await driver.flush(2.0) and plant.inverter.setpoint_p_w == 1000.0
+    driver.command(InverterCommand(p_w=0.0, run=False))
+    assert await driver.flush(2.0)
+    assert sim.order == 0 and not plant.inverter.run_requested
+    sim.silent = True
+    driver.command(InverterCommand(p_w=500.0))
+    assert not await driver.flush(0.3)
+    sim.silent = False

@@ -317,3 +317,73 @@ async def test_an_rtu_link_that_cannot_open_is_a_comm_error():
     with pytest.raises(CommError):
         await client.read("holding", 0, 1)
     client.close()
+
+
+# --- one connection per physical link -------------------------------------------------------------
+async def test_devices_on_one_link_share_one_connection():
+    """Two devices behind one host:port (a gateway, or one RS-485 line) use one connection and one
+    lock; closing one leaves the other's link up."""
+    async with rig("sunspec") as r:
+        await first_reading(r)
+        other = ModbusInverter(r.config, RealClock())  # a second device on the same link
+        await other.start()
+        try:
+            await async_wait_until(other.latest, what="the second device's reading")
+            assert r.drv.client.shared_by == 2 and r.drv.client._link is other.client._link
+            assert r.drv.stats()["modbus_connects"] == 1 == other.stats()["modbus_connects"]
+            polls = r.drv.stats()["polls"], other.stats()["polls"]
+            await async_wait_until(lambda: r.drv.stats()["polls"] > polls[0] + 5 and
+                                   other.stats()["polls"] > polls[1] + 5, what="both polling")
+            assert r.codes() == set() and other.issues() == []
+        finally:
+            await other.close()
+        assert r.drv.client.shared_by == 1
+        t = r.drv.latest().t
+        await async_wait_until(lambda: r.drv.latest().t > t, what="the first device still polling")
+        assert r.drv.stats()["modbus_connects"] == 1
+
+
+# --- writes at once, flush --------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["sunspec", "luxpowertek"])
+async def test_a_changed_setpoint_is_written_at_once_not_at_the_next_poll(model):
+    async with rig(model) as r:
+        slow = r.config.model_copy(update={"poll_s": 5.0})  # the next poll tick is seconds away
+        drv = ModbusInverter(slow, RealClock())
+        await drv.start()
+        try:
+            await async_wait_until(drv.latest, what="first reading")
+            t0 = RealClock().monotonic()
+            drv.command(InverterCommand(p_w=1800.0))
+            await async_wait_until(lambda: r.plant.inverter.setpoint_p_w == pytest.approx(1800.0, abs=5),
+                                   timeout_s=1.0, what="the write, long before the next poll")
+            assert RealClock().monotonic() - t0 < 1.0 and drv.stats()["polls"] == 1
+        finally:
+            await drv.close()
+
+
+@pytest.mark.parametrize("model", MODELS)
+async def test_flush_puts_the_last_command_on_the_device_before_it_returns(model):
+    async with rig(model) as r:
+        await first_reading(r)
+        r.drv.command(InverterCommand(p_w=2000.0))
+        assert await r.drv.flush(2.0)
+        assert r.plant.inverter.setpoint_p_w == pytest.approx(2000.0, abs=5)  # no waiting: it is there
+        r.drv.command(InverterCommand(p_w=0.0, run=False))  # the orderly stop's last command
+        assert await r.drv.flush(2.0)
+        assert not r.plant.inverter.run_requested and r.plant.inverter.setpoint_p_w == 0.0
+        assert await r.drv.flush(0.0)  # nothing pending
+
+
+async def test_flush_gives_up_at_its_timeout_when_the_device_does_not_take_the_write():
+    async with rig("sunspec") as r:
+        await first_reading(r)
+        r.sim.reject_writes = True
+        r.drv.command(InverterCommand(p_w=1000.0))
+        t0 = RealClock().monotonic()
+        assert not await r.drv.flush(0.3)
+        assert RealClock().monotonic() - t0 < 0.6
+        r.sim.mute()
+        r.drv.command(InverterCommand(p_w=0.0, run=False))
+        t0 = RealClock().monotonic()
+        assert not await r.drv.flush(0.3)
+        assert RealClock().monotonic() - t0 < 0.6

@@ -141,7 +141,7 @@ def test_abb_esi_and_trumpf_follow_the_sunspec_profile():
 def test_sunspec_standard_layout():
     p = load_profile("sunspec")
     starts = sunspec_layout(p)
-    assert starts == {1: 40002, 103: 40070, 123: 40122, 124: 40148, 802: 40174}
+    assert starts == {1: 40002, 103: 40070, 123: 40122, 124: 40148, 802: 40174, 704: 40238}
     r = resolve_sunspec(p, starts)
     assert r.point("W").address == 40070 + 2 + 12
     assert r.point("St").address == 40070 + 2 + 36

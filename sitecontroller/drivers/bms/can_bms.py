@@ -123,11 +123,20 @@ class CanBmsDriver(BmsDriver):
         self._task = asyncio.create_task(self._run(), name=f"bms-can-{self.config.can.channel}")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        """Stop the task (bounded: a task that does not stop is logged and left) and close the bus."""
+        from ..polling import CLOSE_TIMEOUT_S, cancel_and_wait
+
+        task, self._task = self._task, None
+        await cancel_and_wait(task, CLOSE_TIMEOUT_S, f"BMS CAN {self.config.can.channel}")
         self._close_bus()
+
+    async def flush(self, timeout_s: float) -> bool:
+        """Send a changed command now instead of at the next tick; True if its frames went out."""
+        if self._cmd is None or not self._cmd_dirty:
+            return True
+        errors = self._stats["tx_errors"]
+        self._tick(self.clock.monotonic())  # sends the dirty command (CAN send is bounded by SEND_TIMEOUT_S)
+        return not self._cmd_dirty and self._stats["tx_errors"] == errors
 
     def _open_bus(self) -> None:
         c = self.config.can
@@ -214,6 +223,8 @@ class CanBmsDriver(BmsDriver):
             try:
                 self._tick(now)
             except Exception:  # the task must survive anything a bus backend throws
+                if asyncio.current_task().cancelling():
+                    raise asyncio.CancelledError() from None
                 log.exception("BMS CAN driver tick failed")
 
     def _tick(self, now: float) -> None:

@@ -30,16 +30,21 @@ ISSUE_CODES: dict[str, tuple[str, str]] = {
 assert all(sev in (WARNING, ERROR, CRITICAL) for sev, _ in ISSUE_CODES.values())
 
 
-def make_inverter(config: InverterConfig, clock) -> InverterDriver:
-    """The driver for `config.model` (raises ValueError for a model without one here)."""
+def make_inverter(config: InverterConfig, clock, soc_window: tuple[float, float] | None = None) -> InverterDriver:
+    """The driver for `config.model` (raises ValueError for a model without one here).
+
+    `soc_window` = the node's (safety.soc_reserve, safety.soc_max): models with a device-side
+    SOC limit (indevolt) set it from these, so the device stops there even when the node is gone."""
     if config.model in MODBUS_MODELS:
         from .modbus_inverter import ModbusInverter
 
-        return ModbusInverter(config, clock)
+        return ModbusInverter(config, clock, soc_window=soc_window)
     if config.model == "indevolt":
         from .indevolt import IndevoltInverter  # HTTP driver, imported lazily by name
 
-        return IndevoltInverter(config, clock)
+        if soc_window is None:
+            return IndevoltInverter(config, clock)
+        return IndevoltInverter(config, clock, soc_window=soc_window)
     raise ValueError(
         f"inverter model {config.model!r} has no driver here; supported: {', '.join(MODBUS_MODELS + HTTP_MODELS)}"
         " ('inproc' is wired by the simulator)"

@@ -18,6 +18,11 @@ class InverterConfig(DeviceConnection):
     comm_lost_s: float = Field(
         2.0, gt=0, le=60, description="no successful poll for this long -> INV_COMM_LOST (Modbus models)"
     )
+    failsafe_s: float | None = Field(
+        None, ge=5, le=3600,
+        description="Modbus models with a revert timer (sunspec, abb_esi, trumpf_ac3025): seconds after the last "
+        "write at which the inverter itself reverts to 0 W when the node is gone (default: the profile's)",
+    )
     profile: str | None = Field(
         None, min_length=1, description="Modbus models: a register-map profile file to use instead of the model's built-in one"
     )

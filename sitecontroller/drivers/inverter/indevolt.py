@@ -27,9 +27,11 @@ Points this driver uses (from the PG1000/2000/3000 table):
 Where the public docs are silent we chose, and the simulator does the same:
 - A point the device does not know is left out of the GetData reply. 2275, 7101,
   6107 and 6109 are required (a reply without them is INV_DECODE); the others are optional.
-- The SOC limit in 47015 is not our safety layer (the node's limiter is): we send
-  100 % when charging and 5 % (the documented minimum) when discharging, and
-  [0, 0, 0] for standby (as the reference client does). Standby is also used for
+- The SOC limit in 47015 is the device-side fail-safe, not the node's safety layer
+  (the node's limiter is): discharging stops at the node's `soc_reserve` (at least
+  the documented minimum 5 %), charging at its `soc_max` (`soc_window`; without it
+  5 % and 100 %). The device keeps that limit when the node dies. [0, 0, 0] is
+  standby (as the reference client does). Standby is also used for
   run=False and for a setpoint that rounds to 0 W. Watts are whole numbers,
   capped at the configured rating.
 - A write counts as acknowledged only if every SetData replies `{"result": true}`
@@ -53,7 +55,8 @@ from typing import Any
 import aiohttp
 
 from ...process_image import InverterReading
-from ..base import DeviceIssue, InverterCommand, InverterDriver
+from ..base import InverterCommand, InverterDriver
+from ..polling import PollingDriver, raise_if_cancelling
 
 log = logging.getLogger("sitecontroller.drivers.inverter.indevolt")
 
@@ -94,15 +97,28 @@ class _BadAnswer(Exception):
     """The device answered, but not with what the protocol promises."""
 
 
-def target_of(cmd: InverterCommand, rated_w: float) -> tuple[int, int, int]:
-    """The 47015 value [action, watts, soc_limit] that carries out `cmd` (positive = discharge)."""
+def target_of(cmd: InverterCommand, rated_w: float,
+              soc_window_pct: tuple[int, int] = (SOC_LIMIT_DISCHARGE_PCT, SOC_LIMIT_CHARGE_PCT)) -> tuple[int, int, int]:
+    """The 47015 value [action, watts, soc_limit] that carries out `cmd` (positive = discharge).
+
+    `soc_window_pct` = (stop discharging at, stop charging at), in whole percent: the device's own
+    SOC limit, which holds even when the node is gone (from the node's soc_reserve and soc_max)."""
     p = cmd.p_w
     if not cmd.run or p is None or not math.isfinite(p):
         return (STANDBY, 0, 0)
     watts = int(round(min(abs(p), rated_w)))
     if watts == 0:
         return (STANDBY, 0, 0)
-    return (DISCHARGE, watts, SOC_LIMIT_DISCHARGE_PCT) if p > 0 else (CHARGE, watts, SOC_LIMIT_CHARGE_PCT)
+    low, high = soc_window_pct
+    return (DISCHARGE, watts, low) if p > 0 else (CHARGE, watts, high)
+
+
+def soc_window_pct(soc_reserve: float, soc_max: float) -> tuple[int, int]:
+    """The device's SOC limits from the node's fractions: discharge stops at soc_reserve (rounded up,
+    at least the documented 5 %), charge stops at soc_max (rounded down)."""
+    low = max(SOC_LIMIT_DISCHARGE_PCT, min(100, math.ceil(round(soc_reserve * 100, 6))))
+    high = max(low, min(SOC_LIMIT_CHARGE_PCT, math.floor(round(soc_max * 100, 6))))
+    return low, high
 
 
 def _number(data: dict[str, Any], point: int, required: bool = False) -> float | None:
@@ -122,43 +138,37 @@ def _number(data: dict[str, Any], point: int, required: bool = False) -> float |
     return out
 
 
-class IndevoltInverter(InverterDriver):
+class IndevoltInverter(PollingDriver, InverterDriver):
     """Polls an Indevolt over HTTP every `poll_s`; writes commands in real-time control mode."""
 
-    def __init__(self, config, clock):
+    comm_lost_code = INV_COMM_LOST
+
+    def __init__(self, config, clock, soc_window: tuple[float, float] | None = None):
+        """`soc_window` = the node's (soc_reserve, soc_max) as fractions; the device's own SOC limit."""
         if config.host is None or config.port is None:
             raise ValueError("the indevolt inverter needs 'host' and 'port'")
+        super().__init__(clock, poll_s=config.poll_s, comm_lost_s=0.0, comm_lost_polls=COMM_LOST_AFTER)
         self._cfg = config
         self._clock = clock
+        self._soc_pct = (SOC_LIMIT_DISCHARGE_PCT, SOC_LIMIT_CHARGE_PCT) if soc_window is None \
+            else soc_window_pct(*soc_window)
         self._base = f"http://{config.host}:{config.port}/rpc/"
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
         self._latest: InverterReading | None = None
         self._device: tuple[int, int, float] | None = None  # (mode, order, power) of the last good poll
-        self._wanted: InverterCommand | None = None
         self._acked: tuple[int, int, int] | None = None
         self._attempted: tuple[int, int, int] | None = None
-        self._misses = 0
-        self._issues: dict[str, DeviceIssue] = {}
-        self._stats = {"polls": 0.0, "poll_errors": 0.0, "decode_errors": 0.0, "writes": 0.0,
-                       "write_failures": 0.0, "rtt_s": 0.0}
+        self._stats = {"poll_errors": 0.0, "decode_errors": 0.0, "rtt_s": 0.0}
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self._cfg.host}:{self._cfg.port}"
 
     # --- driver interface ------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._task is not None:
-            return
+    async def _open(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_s))
-        self._task = asyncio.create_task(self._run(), name=f"indevolt {self._cfg.host}:{self._cfg.port}")
 
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+    async def _close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
@@ -166,50 +176,11 @@ class IndevoltInverter(InverterDriver):
     def latest(self) -> InverterReading | None:
         return self._latest
 
-    def issues(self) -> list[DeviceIssue]:
-        return list(self._issues.values())
-
     def stats(self) -> dict[str, float]:
-        return dict(self._stats)
+        return dict(super().stats(), **self._stats)
 
-    def command(self, cmd: InverterCommand) -> None:
-        self._wanted = cmd
-        self._wake.set()
-
-    # --- the polling task ------------------------------------------------------------------
-    async def _run(self) -> None:
-        next_t = self._clock.monotonic()
-        while True:
-            try:
-                polled = await self._poll()
-                if polled:
-                    await self._write_if_needed(retry=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug here must not end the task: report it, keep polling
-                log.exception("indevolt poll cycle failed")
-                self._raise(INV_DECODE, f"unexpected error: {exc!r}")
-            next_t = max(next_t + self._cfg.poll_s, self._clock.monotonic())
-            while await self._wait(next_t):
-                if self._device is not None and INV_COMM_LOST not in self._issues:
-                    await self._write_if_needed(retry=False)
-
-    async def _wait(self, t_mono: float) -> bool:
-        """Sleep until `t_mono`; return True early if `command()` woke us."""
-        if self._wake.is_set():
-            self._wake.clear()
-            return True
-        sleeper = asyncio.ensure_future(self._clock.sleep_until(t_mono))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            done, _ = await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            waker.cancel()
-        if waker in done:
-            self._wake.clear()
-            return True
-        return False
+    def _internal_code(self) -> str:
+        return INV_DECODE
 
     async def _rpc(self, method: str, config: dict[str, Any]) -> dict[str, Any]:
         assert self._session is not None
@@ -220,6 +191,7 @@ class IndevoltInverter(InverterDriver):
                 body = await resp.text()
                 status = resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise_if_cancelling()
             raise _NoAnswer(f"{method}: {type(exc).__name__} {exc}".strip()) from None
         self._stats["rtt_s"] = self._clock.monotonic() - t0
         if status != 200:
@@ -234,21 +206,15 @@ class IndevoltInverter(InverterDriver):
 
     async def _poll(self) -> bool:
         """One GetData round trip; True if it produced a reading."""
-        self._stats["polls"] += 1
         try:
             data = await self._rpc("Indevolt.GetData", {"t": POLL_POINTS})
-            self._misses = 0
-            self._clear(INV_COMM_LOST)
+            self._answered()
             reading = self._decode(data)
         except _NoAnswer as exc:
             self._stats["poll_errors"] += 1
-            self._misses += 1
-            if self._misses >= COMM_LOST_AFTER:
-                self._raise(INV_COMM_LOST, f"no answer from {self._cfg.host}:{self._cfg.port} ({exc})")
+            self._no_answer(str(exc))
             return False
         except _BadAnswer as exc:
-            self._misses = 0
-            self._clear(INV_COMM_LOST)
             self._stats["decode_errors"] += 1
             self._raise(INV_DECODE, str(exc))
             return False
@@ -301,18 +267,15 @@ class IndevoltInverter(InverterDriver):
             return False
         return want[0] == STANDBY or abs(power - want[1]) <= READBACK_TOLERANCE_W
 
-    async def _write_if_needed(self, retry: bool) -> None:
-        if self._wanted is None:
-            return
-        want = target_of(self._wanted, self._cfg.rated_w)
+    async def _write(self, cmd: InverterCommand, due: bool) -> bool:
+        """Write `cmd` unless the device already holds it; a failed write is retried at the next
+        poll (`due`), not at every wake-up. True once the device acknowledged it."""
+        want = target_of(cmd, self._cfg.rated_w, self._soc_pct)
         if want == self._acked and self._device is not None and self._matches(want, *self._device):
-            return
-        if not retry and want == self._attempted:
-            return  # a failed write is retried at the next poll, not at every cycle
-        await self._write(want)
-
-    async def _write(self, want: tuple[int, int, int]) -> None:
-        self._stats["writes"] += 1
+            return True
+        if not due and want == self._attempted:
+            return False
+        self._base_stats["writes"] += 1
         self._attempted = want
         try:
             if self._device is None or self._device[0] != MODE_REALTIME:
@@ -323,12 +286,15 @@ class IndevoltInverter(InverterDriver):
             order = int(_number(back, P_RT_ORDER, required=True))
             power = _number(back, P_RT_POWER, required=True)
         except (_NoAnswer, _BadAnswer) as exc:
-            return self._write_failed(want, str(exc))
+            self._write_failed(want, str(exc))
+            return False
         self._device = (mode, order, power)
         if not self._matches(want, mode, order, power):
-            return self._write_failed(want, f"read back mode {mode}, order {order}, power {power:.0f} W")
+            self._write_failed(want, f"read back mode {mode}, order {order}, power {power:.0f} W")
+            return False
         self._acked = want
         self._clear(INV_WRITE_FAILED)
+        return True
 
     async def _set(self, point: int, values: list[int]) -> None:
         reply = await self._rpc("Indevolt.SetData", {"f": FUNCTION_WRITE, "t": point, "v": values})
@@ -337,15 +303,5 @@ class IndevoltInverter(InverterDriver):
 
     def _write_failed(self, want: tuple[int, int, int], why: str) -> None:
         self._acked = None
-        self._stats["write_failures"] += 1
+        self._base_stats["write_failures"] += 1
         self._raise(INV_WRITE_FAILED, f"writing [action, W, soc] = {list(want)} failed: {why}")
-
-    # --- issues ----------------------------------------------------------------------------
-    def _raise(self, code: str, text: str) -> None:
-        if code not in self._issues:
-            log.warning("%s: %s", code, text)
-        self._issues[code] = DeviceIssue(code, text)
-
-    def _clear(self, code: str) -> None:
-        if self._issues.pop(code, None) is not None:
-            log.info("%s cleared", code)

@@ -2,30 +2,29 @@
 
 The register map, scaling, signs, states, fault bits and the setpoint/run
 registers are data (`profiles/<model>.toml`, format in
-`drivers/modbus/PROFILES.md`). This driver runs one task that, every
-`config.poll_s` (absolute deadlines) or as soon as a new command arrives:
-
-1. polls the profile's reading points and publishes an `InverterReading`;
-2. if a command is pending and differs from what was last written, or the
-   profile's keep-alive period has passed, writes the control points, reads
-   them back and compares.
+`drivers/modbus/PROFILES.md`). The task (`drivers/polling.py`) polls every
+`config.poll_s` on absolute deadlines and publishes an `InverterReading`; a
+command that differs from what was last written is written at once (woken by
+`command()`), and verified against the control points the next poll reads back.
+Unchanged commands are rewritten every `keepalive_s` of the profile, which keeps
+the device-side fail-safe (revert timers, heartbeat) from firing while the node lives.
 
 Issues (see `ISSUE_CODES` in this package): INV_COMM_LOST (no successful poll
 for `config.comm_lost_s`), INV_DECODE (an answer the profile cannot decode, or
 a refused read), INV_FAULT (fault bits set or a fault state), INV_WRITE_FAILED
 (a write refused or lost, or a read-back that differs). A failed write is
-retried every cycle and reported until one succeeds; it is never silent.
+retried at every poll and reported until one succeeds; it is never silent.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+import math
 
 from ...process_image import InverterReading
-from ..base import DeviceIssue, InverterCommand, InverterDriver
+from ..base import InverterCommand, InverterDriver
 from ..modbus import (
     CodecError,
+    Failsafe,
     CommError,
     DecodeError,
     DeviceError,
@@ -37,6 +36,7 @@ from ..modbus import (
     encode_command,
     load_profile,
 )
+from ..polling import PollingDriver, raise_if_cancelling
 from .config import InverterConfig
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,22 @@ def inverter_profile(config: InverterConfig, profile: str | Profile | None = Non
     return p
 
 
+def device_failsafe(profile: Profile, config: InverterConfig, soc_window: tuple[float, float] | None) -> Failsafe:
+    """The fail-safe values the control writes carry (revert time, device SOC window in whole %)."""
+    revert_s = profile.failsafe_s
+    if config.failsafe_s is not None:
+        if profile.failsafe != "revert":
+            what = {"heartbeat": f"its heartbeat timeout is fixed by the device ({profile.failsafe_s:g} s)",
+                    "none": "it has no communication timeout"}[profile.failsafe]
+            raise ValueError(f"devices.inverter.failsafe_s: model {config.model!r} has no revert timer to set; {what}")
+        revert_s = config.failsafe_s
+    low, high = 5, 100
+    if soc_window is not None:
+        low = max(5, min(100, math.ceil(round(soc_window[0] * 100, 6))))
+        high = max(low, min(100, math.floor(round(soc_window[1] * 100, 6))))
+    return Failsafe(revert_s=revert_s, soc_low_pct=low, soc_high_pct=high)
+
+
 def _floats(values) -> tuple[float, ...]:
     return tuple(float(v) for v in values if v is not None)
 
@@ -64,138 +80,82 @@ def _opt(v) -> float | None:
     return None if v is None else float(v)
 
 
-class ModbusInverter(InverterDriver):
-    def __init__(self, config: InverterConfig, clock, profile: str | Profile | None = None) -> None:
+class ModbusInverter(PollingDriver, InverterDriver):
+    comm_lost_code = COMM_LOST
+
+    def __init__(self, config: InverterConfig, clock, profile: str | Profile | None = None,
+                 soc_window: tuple[float, float] | None = None) -> None:
+        """`soc_window` = the node's (soc_reserve, soc_max): for profiles that write a device SOC limit."""
         if config.transport not in ("tcp", "serial"):
             raise ValueError(f"inverter model {config.model!r} speaks Modbus: transport must be 'tcp' or 'serial'")
+        super().__init__(clock, poll_s=config.poll_s, comm_lost_s=config.comm_lost_s, comm_lost_polls=1)
         self.config = config
-        self.clock = clock
         self.profile = inverter_profile(config, profile)
+        self.failsafe = device_failsafe(self.profile, config, soc_window)
+        self.keepalive_s = self.profile.keepalive_s
+        if self.profile.failsafe == "revert":  # rewrite well before the device reverts
+            self.keepalive_s = min(self.keepalive_s, self.failsafe.revert_s / 3)
         self.client = ModbusClient.from_config(config)
         self.device = ModbusDevice(self.profile, self.client)
         self._names = self.profile.poll_points()
         self._control = self.profile.control_points()
         self._latest: InverterReading | None = None
         self._values: dict = {}
-        self._issues: dict[str, DeviceIssue] = {}
-        self._cmd: InverterCommand | None = None
-        self._written: dict | None = None
+        self._written: dict | None = None  # the last target the device acknowledged
         self._written_at = 0.0
+        self._unverified: dict | None = None  # written, to be checked against the next poll
+        self._attempted: dict | None = None
         self._heartbeat = 0
-        self._last_ok: float | None = None
-        self._started = 0.0
-        self._task: asyncio.Task | None = None
-        self._wake = asyncio.Event()
-        self._stats = {"polls": 0, "poll_errors": 0, "writes": 0, "write_failures": 0, "overruns": 0}
+        self._stats = {"poll_errors": 0}
 
     # --- InverterDriver -----------------------------------------------------------------
-    async def start(self) -> None:
-        if self._task is not None:
-            return
-        self._started = self.clock.monotonic()
-        self._task = asyncio.create_task(self._run(), name=f"inverter-{self.config.model}")
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async def _close(self) -> None:
         await self.device.close()
 
     def latest(self) -> InverterReading | None:
         return self._latest
 
-    def issues(self) -> list[DeviceIssue]:
-        return list(self._issues.values())
-
     def stats(self) -> dict[str, float]:
-        out = dict(self._stats)
+        out = super().stats()
+        out.update(self._stats)
         out.update({f"modbus_{k}": v for k, v in self.client.stats().items()})
         return out
-
-    def command(self, cmd: InverterCommand) -> None:
-        """Remember the command; the driver's task writes it at once (non-blocking)."""
-        self._cmd = cmd
-        self._wake.set()
 
     @property
     def endpoint(self) -> str:
         return f"{self.client.where} unit {self.config.unit_id}"
 
-    # --- the task -----------------------------------------------------------------------
-    async def _run(self) -> None:
-        next_t = self.clock.monotonic()
-        while True:
-            try:
-                await self._cycle()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a bug must not kill the driver silently
-                log.exception("inverter %s: cycle failed", self.endpoint)
-                self._raise(DECODE, f"{self.endpoint}: internal error: {type(exc).__name__}: {exc}")
-            next_t += self.config.poll_s
-            now = self.clock.monotonic()
-            if next_t < now:
-                self._stats["overruns"] += 1
-                next_t = now
-            await self._sleep_until(next_t)
-
-    async def _sleep_until(self, t: float) -> None:
-        if self._wake.is_set():
-            self._wake.clear()
-            return
-        sleeper = asyncio.ensure_future(self.clock.sleep_until(t))
-        waker = asyncio.ensure_future(self._wake.wait())
-        try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for f in (sleeper, waker):
-                f.cancel()
-        self._wake.clear()
-
-    async def _cycle(self) -> None:
-        await self._poll()
-        if self._cmd is not None:
-            await self._write_if_due()
-
-    def _raise(self, code: str, text: str) -> None:
-        self._issues[code] = DeviceIssue(code, text)
-
-    def _clear(self, *codes: str) -> None:
-        for c in codes:
-            self._issues.pop(c, None)
+    def _internal_code(self) -> str:
+        return DECODE
 
     # --- reading --------------------------------------------------------------------------
-    async def _poll(self) -> None:
-        self._stats["polls"] += 1
+    async def _poll(self) -> bool:
         try:
             values = await self.device.read_points(self._names)
         except CommError as exc:
-            self._poll_failed(str(exc))
-            return
+            raise_if_cancelling()
+            self._stats["poll_errors"] += 1
+            self._no_answer(str(exc))
+            return False
         except DeviceError as exc:
+            raise_if_cancelling()
+            self._stats["poll_errors"] += 1
             self._raise(DECODE, f"{self.endpoint}: the inverter refused the read: {exc}")
-            self._poll_failed(str(exc))
-            return
+            self._answered()
+            return False
         except (DecodeError, CodecError, ProfileError) as exc:
+            self._stats["poll_errors"] += 1
             self._raise(DECODE, f"{self.endpoint}: cannot decode the inverter's answer: {exc}")
-            self._poll_failed(str(exc))
-            return
+            self._answered()
+            return False
+        self._answered()
         now = self.clock.monotonic()
-        self._last_ok = now
-        self._clear(COMM_LOST)
         self._values = values
+        self._verify(values)
         reading = self._reading(values, now)
         if reading is not None:
             self._latest = reading
-
-    def _poll_failed(self, why: str) -> None:
-        self._stats["poll_errors"] += 1
-        since = self._last_ok if self._last_ok is not None else self._started
-        silent_s = self.clock.monotonic() - since
-        if silent_s >= self.config.comm_lost_s:
-            self._raise(COMM_LOST, f"{self.endpoint}: no successful poll for {silent_s:.1f} s ({why})")
+        return True
 
     def _reading(self, values: dict, now: float) -> InverterReading | None:
         prof = self.profile
@@ -257,47 +217,68 @@ class ModbusInverter(InverterDriver):
         return float(v) if v else None
 
     # --- writing --------------------------------------------------------------------------
-    async def _write_if_due(self) -> None:
-        cmd = self._cmd
+    def _target(self, cmd: InverterCommand, heartbeat: int) -> dict | None:
         ref = self._ref_w(self._values)
+        if not ref and not self._values:
+            return None  # nothing polled yet: the first poll brings the reference
         if not ref:
             self._write_failed(f"the power reference {self.profile.ref_w!r} is not available; setpoint not written")
-            return
+            return None
+        return encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat, self.failsafe)
+
+    async def _write(self, cmd: InverterCommand, due: bool) -> bool:
+        """Write the control points when the command changed (at once), after a failure or a
+        failed verification (at the next poll) and every keep-alive period; True once written."""
         heartbeat = self._heartbeat % 65535 + 1
-        target = encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat)
+        target = self._target(cmd, heartbeat)
+        if target is None:
+            return False
+        plain = self._without_heartbeat(target)
         now = self.clock.monotonic()
-        due = (
-            self._written is None
-            or WRITE_FAILED in self._issues
-            or self._without_heartbeat(target) != self._without_heartbeat(self._written)
-            or now - self._written_at >= self.profile.keepalive_s
-        )
-        if not due:
-            return
-        self._stats["writes"] += 1
+        changed = self._written is None or plain != self._without_heartbeat(self._written)
+        if not due and (not changed or plain == self._attempted):
+            return not changed  # a failed write is retried at the next poll, not at every wake-up
+        if due and not changed and now - self._written_at < self.keepalive_s:
+            return True
+        self._base_stats["writes"] += 1
+        self._attempted = plain
         try:
             await self.device.write_points(target)
-            self._heartbeat = heartbeat
-            mismatch = await self.device.verify_points(target)
         except DeviceError as exc:
+            raise_if_cancelling()
             self._write_failed(f"the inverter refused the write: {exc}")
-            return
+            return False
         except CommError as exc:
+            raise_if_cancelling()
             self._write_failed(f"the write did not get through: {exc}")
-            return
+            return False
         except (DecodeError, CodecError, ProfileError) as exc:
-            self._write_failed(f"cannot encode or read back the setpoint: {exc}")
+            self._write_failed(f"cannot encode the setpoint: {exc}")
+            return False
+        self._heartbeat = heartbeat
+        self._written, self._written_at, self._unverified = target, now, target
+        return True
+
+    def _verify(self, values: dict) -> None:
+        """Check the last write against what this poll read back (DESIGN §4: verified on the next poll)."""
+        target, self._unverified = self._unverified, None
+        if target is None:
+            return
+        try:
+            mismatch = self.device.compare_points(target, values)
+        except DecodeError as exc:
+            self._write_failed(f"cannot read back the setpoint: {exc}")
             return
         if mismatch:
             diff = ", ".join(f"{n}: wrote {w}, read back {h}" for n, (w, h) in mismatch.items())
             self._write_failed(f"read-back differs ({diff})")
             return
-        self._written, self._written_at = target, now
         self._clear(WRITE_FAILED)
 
     def _write_failed(self, text: str) -> None:
-        self._stats["write_failures"] += 1
+        self._base_stats["write_failures"] += 1
         self._written = None
+        self._attempted = None if "read-back" in text else self._attempted
         self._raise(WRITE_FAILED, f"{self.endpoint}: {text}")
 
     def _without_heartbeat(self, values: dict) -> dict:

@@ -14,6 +14,14 @@ device leaves out what the smart meter does not report):
     active_current_l1_a .. _l3_a     per-phase current, A
     active_frequency_hz              line frequency, Hz
 
+    timestamp                        the telegram's own time (DSMR 0-0:1.0.0, YYMMDDhhmmss)
+
+The smart meter sends a telegram about once a second; the P1 dongle serves the
+latest one. A reading is only as fresh as its telegram: while `timestamp`
+repeats (a frozen telegram: meter or dongle stuck), the driver publishes no new
+reading, so `reading.t` does not advance and the reading goes stale. Without a
+`timestamp` in the answer, every answer counts as new.
+
 Sign: the API reports "active usage": positive while the site draws from the
 grid, negative while it feeds in (the documentation's examples show negative
 `active_power_w` on a meter with export counters). That is our convention
@@ -63,18 +71,33 @@ def _phases(data: dict, pattern: str) -> tuple[float, ...]:
     return tuple(out)
 
 
-def parse_data(body: bytes | str, t: float) -> MeterReading:
-    """Turn a `/api/v1/data` body into a reading taken at monotonic time `t`.
+def telegram_time(data: dict):
+    """The telegram's own timestamp (int or digit string), or None if the answer has none."""
+    value = data.get("timestamp")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise MeterDecodeError(f"'timestamp' must be an integer YYMMDDhhmmss, got {value!r}")
+    return value
 
-    Raises MeterDecodeError (naming the field) on anything unusable; the
-    plausibility of the values is checked by the polling base.
-    """
+
+def _document(body: bytes | str) -> dict:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MeterDecodeError(f"body is not JSON ({exc})") from None
     if not isinstance(data, dict):
         raise MeterDecodeError(f"body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def parse_data(body: bytes | str | dict, t: float) -> MeterReading:
+    """Turn a `/api/v1/data` body into a reading taken at monotonic time `t`.
+
+    Raises MeterDecodeError (naming the field) on anything unusable; the
+    plausibility of the values is checked by the polling base.
+    """
+    data = body if isinstance(body, dict) else _document(body)
     return MeterReading(
         t=t,
         p_w=_number(data, "active_power_w", required=True),
@@ -94,6 +117,7 @@ class HomeWizardP1Meter(PollingMeter):
         super().__init__(config, clock)
         self._base = f"http://{config.host}:{config.port}"
         self._session: aiohttp.ClientSession | None = None
+        self._telegram = None  # the last telegram timestamp seen
 
     @property
     def endpoint(self) -> str:
@@ -124,4 +148,10 @@ class HomeWizardP1Meter(PollingMeter):
         if status != 200:
             hint = " (is the local API enabled in the HomeWizard app?)" if status == 403 else ""
             raise MeterRejectedError(f"HTTP {status} for {DATA_PATH}{hint}")
-        return parse_data(body, t)
+        data = _document(body)
+        stamp = telegram_time(data)
+        if stamp is not None and stamp == self._telegram and self._latest is not None:
+            t = self._latest.t  # the same telegram again: no new reading (the base drops it)
+        reading = parse_data(data, t)
+        self._telegram = stamp
+        return reading

@@ -1,7 +1,8 @@
 """A meter that polls its device on a fixed period (DESIGN §4, drivers).
 
-`PollingMeter` owns what every meter shares: the polling task on absolute
-deadlines, the per-poll timeout, the latest reading and the issue bookkeeping.
+`PollingMeter` adds to the one polling-driver base (`drivers/polling.py`: the
+task, absolute deadlines, comm loss, bounded close) what every meter shares: the
+per-poll timeout, the plausibility check, the latest reading and the issues.
 A transport subclass only implements `_open`, `_read` and `_close`, and says
 what went wrong by raising one of the three errors below:
 
@@ -16,18 +17,20 @@ what went wrong by raising one of the three errors below:
   reading.
 
 A failed poll never replaces the latest reading: `latest()` simply stops
-updating and goes stale, and the process image treats it as absent.
+updating and goes stale, and the process image treats it as absent. A reading
+whose timestamp (the device's own, where it has one) did not advance is not
+published either: a frozen meter goes stale like a silent one.
 """
 from __future__ import annotations
 
 import abc
 import asyncio
-import contextlib
 import logging
 import math
 
 from ...process_image import MeterReading
 from ..base import DeviceIssue, MeterDriver
+from ..polling import PollingDriver, raise_if_cancelling
 from .config import MeterConfig
 
 log = logging.getLogger(__name__)
@@ -73,138 +76,98 @@ def check_plausible(reading: MeterReading) -> MeterReading:
     return reading
 
 
-class PollingMeter(MeterDriver):
+class PollingMeter(PollingDriver, MeterDriver):
+    comm_lost_code = COMM_LOST
+
     def __init__(self, config: MeterConfig, clock) -> None:
+        super().__init__(clock, poll_s=config.poll_s, comm_lost_s=0.0, comm_lost_polls=config.comm_lost_after)
         self.config = config
-        self.clock = clock
         self._latest: MeterReading | None = None
-        self._task: asyncio.Task | None = None
-        self._unanswered = 0
-        self._last_comm_error = ""
         self._answer_problem: tuple[str, str] | None = None  # (code, text) of the last answered poll
         self._stats: dict[str, float] = {
-            "polls": 0,
             "readings": 0,
             "comm_errors": 0,
             "decode_errors": 0,
             "rejected": 0,
-            "overruns": 0,
             "last_rtt_s": 0.0,
         }
 
     # --- what a transport implements -------------------------------------
     @property
-    @abc.abstractmethod
-    def endpoint(self) -> str:
-        """Where the device is, for messages (e.g. 'http://10.0.0.5:80')."""
-
-    @property
     def poll_timeout_s(self) -> float:
         """The longest one poll may take (a transport that makes several requests widens it)."""
         return self.config.timeout_s
-
-    async def _open(self) -> None:
-        """Prepare the client (must not raise if the device does not answer)."""
 
     @abc.abstractmethod
     async def _read(self) -> MeterReading:
         """One poll: fetch and decode, or raise one of the Meter*Error."""
 
-    async def _close(self) -> None:
-        """Release the client."""
-
     # --- MeterDriver ------------------------------------------------------
-    async def start(self) -> None:
-        if self._task is not None:
-            return
-        await self._open()
-        self._task = asyncio.create_task(self._run(), name=f"meter-{self.config.model}")
-
-    async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self._close()
-
     def latest(self) -> MeterReading | None:
         return self._latest
 
     def issues(self) -> list[DeviceIssue]:
-        out = []
-        if self._unanswered >= self.config.comm_lost_after:
-            out.append(
-                DeviceIssue(
-                    COMM_LOST,
-                    f"{self.config.model} meter at {self.endpoint}: no answer to the last "
-                    f"{self._unanswered} polls ({self._last_comm_error})",
-                )
-            )
+        out = super().issues()
         if self._answer_problem is not None:
             out.append(DeviceIssue(*self._answer_problem))
         return out
 
-    def stats(self) -> dict[str, float]:
-        return dict(self._stats, unanswered=self._unanswered)
+    def _comm_lost_text(self) -> str:
+        return (f"{self.config.model} meter at {self.endpoint}: no answer to the last "
+                f"{self._unanswered} polls ({self._last_comm_error})")
 
-    # --- the loop -----------------------------------------------------------
-    async def _run(self) -> None:
-        period = self.config.poll_s
-        deadline = self.clock.monotonic()
-        while True:
-            await self.poll_once()
-            deadline += period
-            now = self.clock.monotonic()
-            if deadline < now:  # overran: skip the missed slots instead of bursting
-                self._stats["overruns"] += 1
-                deadline += period * (int((now - deadline) / period) + 1)
-            await self.clock.sleep_until(deadline)
+    def stats(self) -> dict[str, float]:
+        return dict(super().stats(), **self._stats)
+
+    # --- one poll -----------------------------------------------------------
+    async def _poll(self) -> bool:
+        await self.poll_once()
+        return False  # a meter takes no commands
 
     async def poll_once(self) -> MeterReading | None:
         """Poll the device once; return the new reading, or None if the poll failed."""
-        self._stats["polls"] += 1
         t0 = self.clock.monotonic()
         try:
-            reading = check_plausible(await asyncio.wait_for(self._read(), timeout=self.poll_timeout_s))
-        except (MeterCommError, asyncio.TimeoutError, OSError) as exc:
+            async with asyncio.timeout(self.poll_timeout_s):
+                reading = check_plausible(await self._read())
+        except (MeterCommError, TimeoutError, OSError) as exc:
+            raise_if_cancelling()
             text = str(exc) or f"timeout after {self.poll_timeout_s:g} s"
-            self._no_answer(text)
+            self._meter_no_answer(text)
             return None
         except MeterDecodeError as exc:
-            self._answered((DECODE, f"{self.config.model} meter at {self.endpoint}: unusable data: {exc}"))
+            self._meter_answered((DECODE, f"{self.config.model} meter at {self.endpoint}: unusable data: {exc}"))
             self._stats["decode_errors"] += 1
             return None
         except MeterRejectedError as exc:
-            self._answered((REJECTED, f"{self.config.model} meter at {self.endpoint}: request refused: {exc}"))
+            self._meter_answered((REJECTED, f"{self.config.model} meter at {self.endpoint}: request refused: {exc}"))
             self._stats["rejected"] += 1
             return None
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # never let the task die: report it as no answer
+            raise_if_cancelling()
             text = f"{type(exc).__name__}: {exc}"
             if text != self._last_comm_error:  # once per distinct error, not every poll
                 log.exception("meter %s: unexpected error while polling", self.endpoint)
-            self._no_answer(text)
+            self._meter_no_answer(text)
             return None
         self._stats["last_rtt_s"] = self.clock.monotonic() - t0
+        self._meter_answered(None)
+        if self._latest is not None and reading.t <= self._latest.t:
+            return None  # the device's own timestamp did not advance: a frozen reading is no news
         self._stats["readings"] += 1
-        self._answered(None)
         self._latest = reading
         return reading
 
-    def _no_answer(self, text: str) -> None:
+    def _meter_no_answer(self, text: str) -> None:
         self._stats["comm_errors"] += 1
-        self._unanswered += 1
-        self._last_comm_error = text
-        if self._unanswered == self.config.comm_lost_after:
-            log.warning("meter %s: communication lost (%s)", self.endpoint, text)
+        self._no_answer(text)
+        if self.comm_lost:
             self._answer_problem = None  # what the device last said is no longer news
 
-    def _answered(self, problem: tuple[str, str] | None) -> None:
-        if self._unanswered >= self.config.comm_lost_after:
-            log.info("meter %s: communication restored", self.endpoint)
-        self._unanswered = 0
+    def _meter_answered(self, problem: tuple[str, str] | None) -> None:
+        self._answered()
         if problem is not None and problem != self._answer_problem:
             log.warning("%s", problem[1])
         self._answer_problem = problem

@@ -144,8 +144,12 @@ class ModbusDevice:
 
     async def verify_points(self, values: dict) -> dict[str, tuple]:
         """Read the points back; {name: (wanted, read)} for each one that differs."""
-        profile = await self.discover()
         got = await self.read_points(values)
+        return self.compare_points(values, got)
+
+    def compare_points(self, values: dict, got: dict) -> dict[str, tuple]:
+        """{name: (wanted, read)} for each point of `values` whose raw value in `got` differs."""
+        profile = self.profile or self.base_profile
         bad = {}
         for name, want in values.items():
             p = profile.point(name)

@@ -19,7 +19,9 @@ ACCESS = ("r", "rw", "w")
 SOURCES = (
     "p_w", "p_pct", "discharge_w", "charge_w", "discharge_pct", "charge_pct", "discharge_on",
     "charge_on", "window_out_pct", "window_in_pct", "q_var", "q_pct", "run", "stop", "heartbeat",
+    "p_enable", "revert_s", "discharge_limit_pct", "charge_limit_pct", "soc_low_pct", "soc_high_pct",
 )
+FAILSAFES = ("revert", "heartbeat", "none")
 POINT_KEYS = {
     "address", "model", "offset", "table", "type", "length", "word_order", "scale", "sf", "add",
     "sign", "unit", "access", "min", "max", "mask", "shift", "bit", "na", "sum", "states", "bits",
@@ -106,6 +108,8 @@ class Profile:
     ref_w: str = "rated"
     keepalive_s: float = 5.0
     writes: tuple[ControlWrite, ...] = ()
+    failsafe: str = "none"  # what the device does when the writes stop: FAILSAFES
+    failsafe_s: float = 0.0  # after how long (revert: the default written to the timer; heartbeat: fixed)
     sim_faults: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
     sim_states: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
@@ -296,6 +300,14 @@ def _build(path: Path, data: dict, kind: str) -> Profile:
         writes.append(ControlWrite(w["point"], w.get("source"), w.get("value")))
     keepalive_s = float(ctl.get("keepalive_s", 5.0))
     _need(keepalive_s > 0, f"{where} [control].keepalive_s", "must be > 0")
+    failsafe = ctl.get("failsafe", "none")
+    _need(failsafe in FAILSAFES, f"{where} [control].failsafe", f"{failsafe!r} is not one of {FAILSAFES}")
+    failsafe_s = float(ctl.get("failsafe_s", 0.0))
+    sources = {w.source for w in writes}
+    if failsafe != "none":
+        _need(failsafe_s > keepalive_s, f"{where} [control].failsafe_s", f"must be above keepalive_s ({keepalive_s})")
+        need = "revert_s" if failsafe == "revert" else "heartbeat"
+        _need(need in sources, f"{where} [control].failsafe", f"{failsafe!r} needs a write with source {need!r}")
 
     sim = data.get("sim", {})
     return Profile(
@@ -315,6 +327,8 @@ def _build(path: Path, data: dict, kind: str) -> Profile:
         ref_w=ref_w,
         keepalive_s=keepalive_s,
         writes=tuple(writes),
+        failsafe=failsafe,
+        failsafe_s=failsafe_s,
         sim_faults=MappingProxyType(dict(sim.get("faults", {}))),
         sim_states=MappingProxyType(dict(sim.get("states", {}))),
     )

@@ -7,6 +7,7 @@ does the inverter hold?). The sources are listed in PROFILES.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .profile import Profile
@@ -23,7 +24,29 @@ def _pct(x: float, ref_w: float) -> float:
     return 100.0 * x / ref_w if ref_w else 0.0
 
 
-def source_value(source: str, p_w: float, q_var: float, run: bool, ref_w: float, heartbeat: int = 1) -> float:
+@dataclass(frozen=True)
+class Failsafe:
+    """What the device keeps when the node is gone: its revert time and SOC window (whole %)."""
+
+    revert_s: float = 0.0
+    soc_low_pct: int = 5
+    soc_high_pct: int = 100
+
+
+def source_value(source: str, p_w: float, q_var: float, run: bool, ref_w: float, heartbeat: int = 1,
+                 failsafe: Failsafe = Failsafe()) -> float:
+    if source == "p_enable":
+        return 1
+    if source == "revert_s":
+        return failsafe.revert_s
+    if source == "soc_low_pct":
+        return failsafe.soc_low_pct
+    if source == "soc_high_pct":
+        return failsafe.soc_high_pct
+    if source == "discharge_limit_pct":  # a whole-percent cap that never binds below the setpoint
+        return min(100.0, math.ceil(round(_pct(max(p_w, 0.0), ref_w), 6)))
+    if source == "charge_limit_pct":
+        return min(100.0, math.ceil(round(_pct(max(-p_w, 0.0), ref_w), 6)))
     if source == "p_w":
         return p_w
     if source == "p_pct":
@@ -58,16 +81,18 @@ def source_value(source: str, p_w: float, q_var: float, run: bool, ref_w: float,
 
 
 def encode_command(profile: Profile, p_w: float, q_var: float, run: bool, ref_w: float,
-                   heartbeat: int = 1) -> dict[str, float]:
+                   heartbeat: int = 1, failsafe: Failsafe | None = None) -> dict[str, float]:
     """Engineering values of the control points, in the profile's write order.
 
     A stopped command writes 0 W / 0 var. Values are clamped into each point's
     [min, max] (narrowing only: the limits layer already bounds the setpoint)."""
     if not run:
         p_w, q_var = 0.0, 0.0
+    if failsafe is None:
+        failsafe = Failsafe(revert_s=profile.failsafe_s)
     out: dict[str, float] = {}
     for w in profile.writes:
-        v = w.value if w.source is None else source_value(w.source, p_w, q_var, run, ref_w, heartbeat)
+        v = w.value if w.source is None else source_value(w.source, p_w, q_var, run, ref_w, heartbeat, failsafe)
         p = profile.point(w.point)
         if p.min is not None:
             v = max(p.min, v)
@@ -89,7 +114,7 @@ def decode_command(profile: Profile, values: dict, ref_w: float) -> Setpoint | N
         run = s("run") != 0
     if "stop" in by_source:
         run = run and s("stop") == 0
-    if "p_w" in by_source:
+    if "p_w" in by_source and s("p_enable", 1.0) != 0:  # a disabled p_w point does not count
         p = s("p_w")
     elif "p_pct" in by_source:
         p = s("p_pct") * ref_w / 100.0
@@ -102,6 +127,10 @@ def decode_command(profile: Profile, values: dict, ref_w: float) -> Setpoint | N
             d = 0.0
         if "charge_on" in by_source and not s("charge_on"):
             c = 0.0
+        if "discharge_limit_pct" in by_source:  # the battery's own power caps bound both
+            d = min(d, s("discharge_limit_pct") * ref_w / 100.0)
+        if "charge_limit_pct" in by_source:
+            c = min(c, s("charge_limit_pct") * ref_w / 100.0)
         p = d - c
     else:
         return None
