@@ -8,37 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
 import signal
-import sys
 
 from .clock import RealClock
 from .control_endpoint import ControlServer
 from .cycle import run_cycles
 from .drivers.factory import make_devices
+from .logs import setup_logging  # noqa: F401  (moved to logs.py; kept importable from here)
 from .node import Node
 
 log = logging.getLogger("sitecontroller")
 
 STOP_BUDGET_S = 1.5  # SIGTERM to exit must stay within 2 s
-
-
-def setup_logging(params, level: str = "INFO") -> None:
-    fmt = logging.Formatter(f"%(asctime)s %(levelname)-8s [{params.identity.node_id}] %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(level)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    params.data_dir.mkdir(parents=True, exist_ok=True)
-    logfile = logging.handlers.RotatingFileHandler(params.data_dir / "node.log", maxBytes=5_000_000, backupCount=5)
-    logfile.setFormatter(fmt)
-    root.addHandler(logfile)
-    for noisy in ("transitions", "can", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # pymodbus logs an ERROR per timeout; the drivers report those as issues already
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def summary_line(status: dict) -> str:
