@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import types
 from pathlib import Path
@@ -383,5 +384,5 @@ def _anchor_data_dir(params: SiteParams, path: Path) -> SiteParams:
     """A relative `storage.data_dir` is relative to the parameter file, not to where the node is started."""
     if Path(params.storage.data_dir).is_absolute():
         return params
-    anchored = str(path.resolve().parent / params.storage.data_dir)
+    anchored = os.path.normpath(path.resolve().parent / params.storage.data_dir)
     return params.model_copy(update={"storage": params.storage.model_copy(update={"data_dir": anchored})})

@@ -69,13 +69,14 @@ def _reason(exc: OSError) -> str:
     return hints.get(exc.errno, exc.strerror or str(exc))
 
 
-def listeners(params, simulate: bool = False) -> list[Listener]:
-    """The TCP sockets a node with these parameters listens on (its simulated devices too, if `simulate`)."""
+def listeners(params, control: bool = True, devices: bool = False) -> list[Listener]:
+    """The TCP sockets a process listens on: the node's control endpoint, and/or the simulated devices."""
     out = []
     for sock in sockets(params):
         if sock.path == "$.control.endpoint":
-            out.append(Listener("control.endpoint", sock.host, sock.port))
-        elif simulate:
+            if control:
+                out.append(Listener("control.endpoint", sock.host, sock.port))
+        elif devices:
             out.append(Listener(f"{sock.path.removeprefix('$.')}, simulated", sock.host, sock.port))
     return out
 
@@ -125,13 +126,18 @@ def ipc_in_use(path: str) -> bool:
 
 
 def check_ports(items: list[Listener]) -> list[str]:
-    problems = []
+    """One line per process that holds some of these ports (starting the same node twice: one line)."""
+    held: dict[str, list[Listener]] = {}
     for item in items:
         if port_in_use(item.host, item.port):
-            problems.append(
-                f"port {item.host}:{item.port} ({item.what}) is in use by {port_holder(item.port)}; "
-                f"is this node already running? Stop it, or give this node another port"
-            )
+            held.setdefault(port_holder(item.port), []).append(item)
+    problems = []
+    for holder, taken in held.items():
+        names = ", ".join(f"{t.host}:{t.port} ({t.what})" for t in taken)
+        problems.append(
+            f"port{'s' if len(taken) > 1 else ''} {names} {'are' if len(taken) > 1 else 'is'} in use by {holder}; "
+            f"is this node already running? Stop it, or give this node other ports"
+        )
     return problems
 
 
@@ -141,7 +147,7 @@ def run_preflight(params, simulate: bool = False) -> list[str]:
     data_dir_problem = check_data_dir(params.data_dir)
     if data_dir_problem:
         problems.append(data_dir_problem)
-    problems += check_ports(listeners(params, simulate))
+    problems += check_ports(listeners(params, control=True, devices=simulate))
     endpoint = params.control.endpoint
     if endpoint.startswith("ipc://") and ipc_in_use(endpoint[len("ipc://"):]):
         problems.append(f"{endpoint} (control.endpoint) is in use by another process; "
