@@ -12,7 +12,8 @@ EXTRAS="${VENV_EXTRAS:-}"
 LOCK="$ROOT/requirements${EXTRAS:+-$EXTRAS}.lock"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_WARN_SCRIPT_LOCATION=1 PIP_NO_INPUT=1
 
-_py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "none"; }
+_py_version() { "$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo "missing"; }
+_describe() { local v; v="$(_py_version "$1")"; [ "$v" = missing ] && echo "not a working Python" || echo "Python $v"; }
 
 exec 9>"$ROOT/.venv.lock"
 if ! flock -n 9; then
@@ -21,13 +22,13 @@ if ! flock -n 9; then
 fi
 
 if [ -e "$VENV" ] && [ "$(_py_version "$VENV/bin/python")" != "3.11" ]; then
-    echo "[setup] .venv has Python $(_py_version "$VENV/bin/python"), 3.11 is required: recreating it" >&2
+    echo "[setup] .venv has $(_describe "$VENV/bin/python"), 3.11 is required: recreating it" >&2
     rm -rf "$VENV"
 fi
 if [ ! -e "$VENV" ]; then
     PYTHON="${PYTHON:-python3.11}"
     if [ "$(_py_version "$PYTHON")" != "3.11" ]; then
-        echo "[setup] Python 3.11 is required; '$PYTHON' is $(_py_version "$PYTHON")." \
+        echo "[setup] Python 3.11 is required; '$PYTHON' is $(_describe "$PYTHON")." \
              "Install python3.11 or run with PYTHON=/path/to/python3.11" >&2
         exit 1
     fi
