@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     def talk(name, help_text, func):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--params", metavar="FILE", help="the node's parameter file (for its control endpoint)")
-        p.add_argument("--endpoint", help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
+        p.add_argument("--endpoint", metavar="tcp://HOST:PORT",
+                       help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
         p.set_defaults(func=func)
         return p
 

@@ -122,7 +122,8 @@ def setup_logging(params, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level)
-    handlers: list[logging.Handler] = [ConsoleHandler(sys.stderr), DegradingFileHandler(Path(params.data_dir) / LOG_FILE)]
+    handlers: list[logging.Handler] = [ConsoleHandler(sys.stderr),
+                                       DegradingFileHandler(Path(params.data_dir) / LOG_FILE)]
     for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)

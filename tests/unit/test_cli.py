@@ -106,7 +106,8 @@ def test_the_only_running_node_is_found_with_no_flags(run_dir):
 
 
 def test_the_default_node_wins_when_it_runs(run_dir):
-    with running.announce("node1", DEFAULT_ENDPOINT, "a.json"), running.announce("node2", "tcp://127.0.0.1:5551", "b.json"):
+    with running.announce("node1", DEFAULT_ENDPOINT, "a.json"), \
+            running.announce("node2", "tcp://127.0.0.1:5551", "b.json"):
         assert _endpoint() == DEFAULT_ENDPOINT
 
 
