@@ -17,9 +17,9 @@ import uuid
 from .params import DEFAULT_ENDPOINT, ParamsError, load
 
 EPILOG = """\
-Without --params/--endpoint, status/setpoint/ack-error/state/estop/restart talk
-to the node on {endpoint} (the one scripts/run-sim starts), or to the only node
-running on this machine.
+Without --params/--endpoint, status/setpoint/ack-error/state/estop/restart
+talk to the node on {endpoint} (the one scripts/run-sim starts),
+or else to the only node running on this machine.
 
 examples:
   sitecontroller run --params site_parameters/sim_node1.json --simulate
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="what to do (each has its own --help)")
 
     p = sub.add_parser("run", help="run a node in the foreground (SIGTERM/Ctrl-C: orderly stop)")
     p.add_argument("--params", required=True, metavar="FILE", help="site parameter file (JSON)")

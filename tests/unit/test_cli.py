@@ -26,7 +26,7 @@ def test_every_command_option_and_argument_has_help():
             if isinstance(action, argparse._SubParsersAction):
                 listed = {a.dest for a in action._choices_actions if a.help}
                 missing += [f"{name} {c}" for c in action.choices if c not in listed]
-            elif not action.help or action.help == argparse.SUPPRESS:
+            if not action.help or action.help == argparse.SUPPRESS:
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, f"no help text: {missing}"
 
@@ -149,3 +149,11 @@ def test_an_unreachable_default_node_says_how_to_reach_another(run_dir, monkeypa
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert "did not answer" in r.stderr and "--params FILE or --endpoint" in r.stderr
+
+
+def test_the_help_examples_parse():
+    examples = [line.split("#")[0].split(">")[0].split()[1:] for line in cli.EPILOG.splitlines()
+                if line.strip().startswith("sitecontroller ")]
+    assert len(examples) >= 5
+    for argv in examples:
+        cli.build_parser().parse_args(argv)
