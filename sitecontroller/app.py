@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
 import signal
-import sys
 
 from .clock import RealClock
 from .control_endpoint import ControlServer
@@ -19,24 +17,6 @@ from .drivers.factory import make_devices
 from .runtime import NodeRuntime
 
 log = logging.getLogger("sitecontroller")
-
-
-def setup_logging(params, level: str = "INFO") -> None:
-    fmt = logging.Formatter(f"%(asctime)s %(levelname)-8s [{params.identity.node_id}] %(name)s: %(message)s")
-    root = logging.getLogger()
-    root.handlers.clear()
-    root.setLevel(level)
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(fmt)
-    root.addHandler(console)
-    params.data_dir.mkdir(parents=True, exist_ok=True)
-    logfile = logging.handlers.RotatingFileHandler(params.data_dir / "node.log", maxBytes=5_000_000, backupCount=5)
-    logfile.setFormatter(fmt)
-    root.addHandler(logfile)
-    for noisy in ("transitions", "can", "aiohttp.access"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # pymodbus logs an ERROR per timeout; the drivers report those as issues already
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
 def summary_line(status: dict) -> str:
@@ -100,4 +80,8 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
 async def _print_summary(node) -> None:
     while True:
         await asyncio.sleep(1.0)
-        print(summary_line(node.status()), flush=True)
+        try:
+            print(summary_line(node.status()), flush=True)
+        except (BrokenPipeError, ValueError):  # `run-sim | head` closed the pipe: the node runs on
+            log.info("summary output closed: no more summary lines")
+            return

@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import sys
 import uuid
 
 from .params import DEFAULT_ENDPOINT, ParamsError, load
 
 EPILOG = """\
-Without --params, status/setpoint/ack-error/state/estop/restart talk to the
-node that scripts/run-sim starts ({endpoint}).
+Without --params/--endpoint, status/setpoint/ack-error/state/estop/restart
+talk to the node on {endpoint} (the one scripts/run-sim starts),
+or else to the only node running on this machine.
 
 examples:
   sitecontroller run --params site_parameters/sim_node1.json --simulate
@@ -38,21 +41,43 @@ def _load_or_exit(path: str):
         sys.exit(2)
 
 
+HOW_TO_CHOOSE = "choose one with --params FILE or --endpoint tcp://HOST:PORT"
+
+
 def _endpoint(args) -> str:
+    """--endpoint, else the endpoint in --params, else the default one or the only node running here."""
     if args.endpoint:
         return args.endpoint
     if args.params:
         return _load_or_exit(args.params).control.endpoint
-    return DEFAULT_ENDPOINT
+    from .running import describe, running_nodes
+
+    nodes = running_nodes()
+    if not nodes or any(n["endpoint"] == DEFAULT_ENDPOINT for n in nodes):
+        return DEFAULT_ENDPOINT
+    if len(nodes) == 1:
+        return nodes[0]["endpoint"]
+    print(f"sitecontroller: several nodes run here, none on {DEFAULT_ENDPOINT}: {describe(nodes)}; {HOW_TO_CHOOSE}",
+          file=sys.stderr)
+    sys.exit(1)
 
 
 def cmd_run(args) -> int:
-    from .app import run_node, setup_logging
+    from .app import run_node
+    from .logs import setup_logging
+    from .preflight import run_preflight
+    from .running import announce
 
     params = _load_or_exit(args.params)
+    problems = run_preflight(params, simulate=args.simulate)
+    for line in problems:
+        print(f"sitecontroller: cannot start: {line}", file=sys.stderr)
+    if problems:
+        return 1
     setup_logging(params, args.log_level)
     try:
-        return asyncio.run(run_node(params, simulate=args.simulate, summary=args.summary))
+        with announce(params.identity.node_id, params.control.endpoint, args.params):
+            return asyncio.run(run_node(params, simulate=args.simulate, summary=args.summary))
     except OSError as exc:  # e.g. the endpoint is taken, a CAN interface is missing
         print(f"sitecontroller: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -74,7 +99,8 @@ def _ask(args, payload: dict, timeout_s: float = 2.0) -> dict:
     try:
         reply = request(endpoint, payload, timeout_s)
     except NodeUnreachable as exc:
-        print(f"sitecontroller: {exc}", file=sys.stderr)
+        hint = "" if args.endpoint or args.params else f"; a node started with another parameter file: {HOW_TO_CHOOSE}"
+        print(f"sitecontroller: {exc}{hint}", file=sys.stderr)
         sys.exit(1)
     if not reply.get("ok"):
         print(f"sitecontroller: node refused the request: {reply.get('error')}", file=sys.stderr)
@@ -151,6 +177,30 @@ def cmd_state_diagram(args) -> int:
     return 0
 
 
+HOLD_MIN_S = 1.0  # at least one cycle, and long enough for the acknowledgement to arrive
+HOLD_MAX_S = 86_400.0
+
+
+def _watts(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"found {text!r}; allowed: a number of watts, e.g. 3000 or -3000") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"found {text!r}; allowed: a finite number of watts")
+    return value
+
+
+def _hold_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not HOLD_MIN_S <= value <= HOLD_MAX_S:
+        raise argparse.ArgumentTypeError(f"found {text!r}; allowed: seconds from {HOLD_MIN_S:g} to {HOLD_MAX_S:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="sitecontroller",
@@ -158,43 +208,49 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND", help="what to do (each has its own --help)")
 
     p = sub.add_parser("run", help="run a node in the foreground (SIGTERM/Ctrl-C: orderly stop)")
     p.add_argument("--params", required=True, metavar="FILE", help="site parameter file (JSON)")
     p.add_argument("--simulate", action="store_true",
                    help="also start simulated devices (speaking the real protocols) for this file's devices")
     p.add_argument("--summary", action="store_true", help="print a one-line summary every second")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="least severe log records written to stderr and node.log (default INFO)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("check-params", help="validate a parameter file: exit 0 if good, 2 with one line per problem")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="site parameter file (JSON)")
     p.set_defaults(func=cmd_check_params)
 
     def talk(name, help_text, func):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--params", metavar="FILE", help="the node's parameter file (for its control endpoint)")
-        p.add_argument("--endpoint", help=f"the node's control endpoint (default {DEFAULT_ENDPOINT})")
+        p.add_argument("--endpoint", metavar="tcp://HOST:PORT",
+                       help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
         p.set_defaults(func=func)
         return p
 
     p = talk("status", "print the running node's state, power, SOC, errors and cycle timing", cmd_status)
     p.add_argument("--json", action="store_true", help="one JSON object (node_id, state, soc, p_w, grid_p_w, errors, cycle, ...)")
     p = talk("setpoint", "request local active power (positive = discharge, negative = charge)", cmd_setpoint)
-    p.add_argument("--w", type=float, required=True, help="watts, positive = discharge")
-    p.add_argument("--hold", type=float, metavar="S", help="seconds the request holds (default: staleness.setpoint_s)")
+    p.add_argument("--w", type=_watts, required=True, metavar="W",
+                   help="watts, positive = discharge, negative = charge (e.g. --w -3000)")
+    p.add_argument("--hold", type=_hold_seconds, metavar="S",
+                   help=f"seconds the request holds, {HOLD_MIN_S:g} to {HOLD_MAX_S:g} (default: staleness.setpoint_s)")
     p = talk("ack-error", "acknowledge a listed error (or 'all')", cmd_ack_error)
     p.add_argument("id", help="error id as shown by status, or 'all'")
     p = talk("state", "request a node state", cmd_state)
-    p.add_argument("target", choices=["run", "sleep", "maintenance"])
+    p.add_argument("target", choices=["run", "sleep", "maintenance"], help="the state to go to")
     p = talk("estop", "engage or release the emergency stop (engaged: 0 W, contactors open, state error)", cmd_estop)
-    p.add_argument("action", choices=["engage", "release"])
+    p.add_argument("action", choices=["engage", "release"],
+                   help="engage: stop now; release: allow a restart once the e-stop error is acknowledged")
     p = talk("restart", "orderly restart of the node process (exit 75), or --reboot (exit 76)", cmd_restart)
-    p.add_argument("--reboot", action="store_true")
+    p.add_argument("--reboot", action="store_true", help="ask the service manager to reboot the machine (exit 76)")
 
     p = sub.add_parser("state-diagram", help="draw the node state machine (mermaid text, or png/svg with graphviz)")
-    p.add_argument("--format", default="mermaid", choices=["mermaid", "png", "svg"])
+    p.add_argument("--format", default="mermaid", choices=["mermaid", "png", "svg"],
+                   help="mermaid text to stdout (default), or a picture drawn with graphviz")
     p.add_argument("--out", default="states.png", help="output file for png/svg")
     p.set_defaults(func=cmd_state_diagram)
     return ap
@@ -202,7 +258,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:  # `sitecontroller status | head`: the reader went away, which is not our error
+        _silence_stdout()
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that flushing it at exit does not fail a second time."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 import types
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from .params_ports import port_clashes
 from .params_schema import (  # noqa: F401  (the schema is part of this module's interface)
     DEFAULT_ENDPOINT,
     ID_PATTERN,
@@ -281,9 +283,13 @@ def parse(data: Any, source: str = "<params>") -> SiteParams:
         found = _json(data) + ("" if data is None else f" ({_kind(data)})")
         raise ParamsError(source, [f"$: found {found}; allowed: {_TOP_LEVEL_RULE}"])
     try:
-        return SiteParams.model_validate(data, strict=True)
+        params = SiteParams.model_validate(data, strict=True)
     except ValidationError as exc:
         raise ParamsError(source, _describe(exc.errors())) from None
+    problems = port_clashes(params)  # the schema checks each section; this checks them together
+    if problems:
+        raise ParamsError(source, problems)
+    return params
 
 
 class _Object(dict):
@@ -371,4 +377,12 @@ def load(path: str | Path) -> SiteParams:
         raise ParamsError(
             str(path), [f"found a path that cannot be read ({exc.strerror or exc}); allowed: a readable JSON file"]
         ) from None
-    return parse(_decode(text, str(path)), str(path))
+    return _anchor_data_dir(parse(_decode(text, str(path)), str(path)), path)
+
+
+def _anchor_data_dir(params: SiteParams, path: Path) -> SiteParams:
+    """A relative `storage.data_dir` is relative to the parameter file, not to where the node is started."""
+    if Path(params.storage.data_dir).is_absolute():
+        return params
+    anchored = os.path.normpath(path.resolve().parent / params.storage.data_dir)
+    return params.model_copy(update={"storage": params.storage.model_copy(update={"data_dir": anchored})})

@@ -78,10 +78,6 @@ class Driver(abc.ABC, Generic[R]):
     def latest(self) -> R | None:
         """The most recent reading, or None if nothing was ever received."""
 
-    async def flush(self, timeout_s: float) -> bool:
-        """Put the last command on the wire now; True once it is there (within `timeout_s`)."""
-        return True
-
     def issues(self) -> list[DeviceIssue]:
         """Conditions active right now (communication, decode, write failures)."""
         return []

@@ -82,5 +82,6 @@ def test_a_second_node_on_a_taken_endpoint_fails_with_one_clear_line(node_params
     second = start_node(other_file, endpoint)
     assert second.proc.wait(20) == 1
     out = second.output()
-    assert "cannot start: cannot listen on control endpoint" in out and "Traceback" not in out
+    assert f"cannot start: port {endpoint.removeprefix('tcp://')} (control.endpoint) is in use by pid {first.proc.pid} (" in out
+    assert "Traceback" not in out
     assert first.status()["state"] == "run"  # the running node is unharmed

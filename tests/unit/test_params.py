@@ -551,3 +551,81 @@ def test_readme_sample_output_is_what_the_loader_prints(tmp_path):
         load(path)
     shown = [line for line in output.group(1).splitlines() if line.startswith("node7.json: ")]
     assert shown == [f"node7.json: {line}" for line in info.value.problems]
+
+
+# --- sections checked together: each device and endpoint on its own host:port ---------------------
+
+
+def _protocol_example() -> dict[str, Any]:
+    return json.loads((REPO / "site_parameters" / "sim_node1.json").read_text())
+
+
+def test_two_devices_on_one_host_port_are_reported():
+    data = _protocol_example()
+    data["devices"]["meter"]["port"] = data["devices"]["inverter"]["port"]
+    data["devices"]["meter"]["unit_id"] = data["devices"]["inverter"]["unit_id"]
+    with pytest.raises(ParamsError) as info:
+        parse(data)
+    assert info.value.problems == [
+        "$.devices.meter.port: found 127.0.0.1:15020, already used by $.devices.inverter.port; allowed: a host:port "
+        "that no other device or endpoint of this node uses (two Modbus devices behind one gateway: distinct unit_id)"
+    ]
+
+
+def test_localhost_and_127_0_0_1_are_the_same_host():
+    data = _protocol_example()
+    data["devices"]["meter"].update(host="localhost", port=5550)  # the control endpoint's port
+    with pytest.raises(ParamsError) as info:
+        parse(data)
+    assert info.value.problems[0].startswith("$.devices.meter.port: found 127.0.0.1:5550, already used by "
+                                             "$.control.endpoint;")
+
+
+def test_two_modbus_devices_behind_one_gateway_are_fine():
+    data = _protocol_example()
+    data["devices"]["meter"].update(port=data["devices"]["inverter"]["port"], unit_id=2)
+    assert parse(data).devices.meter.unit_id == 2
+
+
+def test_an_http_device_cannot_share_a_modbus_port():
+    data = json.loads((REPO / "site_parameters" / "sim_node2_pylontech_lux_p1.json").read_text())
+    data["devices"]["meter"]["port"] = data["devices"]["inverter"]["port"]
+    with pytest.raises(ParamsError, match=r"\$\.devices\.meter\.port: found 127\.0\.0\.1:15030, already used by"):
+        parse(data)
+
+
+def test_check_params_reports_a_port_clash_in_one_line(tmp_path):
+    data = _protocol_example()
+    data["devices"]["meter"]["port"] = data["devices"]["inverter"]["port"]
+    path = tmp_path / "clash.json"
+    path.write_text(json.dumps(data))
+    r = subprocess.run([sys.executable, "-m", "sitecontroller.cli", "check-params", str(path)],
+                       capture_output=True, text=True, cwd=REPO, timeout=30)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "already used by $.devices.inverter.port" in r.stderr
+
+
+# --- where the data directory is ---------------------------------------------------------------------
+
+
+def test_a_relative_data_dir_is_relative_to_the_parameter_file(tmp_path, monkeypatch):
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "node.json"
+    data = good()
+    data["storage"] = {"data_dir": "state/{node_id}"}
+    path.write_text(json.dumps(data))
+    monkeypatch.chdir(tmp_path)
+    assert load("etc/node.json").data_dir == tmp_path / "etc" / "state" / "node1"
+
+
+def test_an_absolute_data_dir_is_kept(tmp_path):
+    path = tmp_path / "node.json"
+    data = good()
+    data["storage"] = {"data_dir": "/srv/bess/{node_id}"}
+    path.write_text(json.dumps(data))
+    assert str(load(path).data_dir) == "/srv/bess/node1"
+
+
+def test_example_files_do_not_share_a_data_directory():
+    dirs = {ex.name: load(ex).data_dir for ex in EXAMPLES}
+    assert len(set(dirs.values())) == len(dirs), dirs
+    assert all(d.is_relative_to(REPO / "var") for d in dirs.values()), "examples keep their data in the ignored var/"
