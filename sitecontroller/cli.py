@@ -197,6 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="mermaid", choices=["mermaid", "png", "svg"])
     p.add_argument("--out", default="states.png", help="output file for png/svg")
     p.set_defaults(func=cmd_state_diagram)
+
+    from .sim.cli import add_sim_parser  # `sitecontroller sim faults|fault|state` (simulator process)
+
+    add_sim_parser(sub)
     return ap
 
 
