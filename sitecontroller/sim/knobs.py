@@ -120,7 +120,7 @@ def _doc_fields(cls) -> dict[str, str]:
             out[current] += " " + line.strip()
         else:
             current = None
-    return out
+    return {k: v.rstrip(" ;,.") for k, v in out.items()}
 
 
 def _coerce(knob: Knob, obj, raw) -> Any:
