@@ -105,3 +105,16 @@ def test_examples_do_not_share_simulator_ports():
         for p in ports:
             assert p not in seen, f"{name} and {seen[p]} both use {p}"
             seen[p] = name
+
+
+def test_the_readme_knob_table_matches_the_simulators(tmp_path):
+    import re
+
+    text = (REPO / "README.md").read_text()
+    table = {m[1]: set(re.findall(r"`(\w+)`", m[2])) for m in re.finditer(r"^\| `(\w+)` \| (.*) \|$", text, re.M)
+             if m[1] in ("bms", "inverter", "meter", "battery", "grid")}
+    real: dict[str, set[str]] = {}
+    for example in EXAMPLES:
+        for k in site(tmp_path, example).knobs.describe():
+            real.setdefault(k["device"], set()).add(k["knob"])
+    assert table == real
