@@ -10,7 +10,8 @@
 3. when the node dies (killed, or exit 75/76 after a commanded restart/reboot),
    the simulator keeps running — battery SOC and all — and the node is started
    again after RESTART_DELAY_S, as a service manager would (`--no-restart`:
-   leave it down; the simulator keeps serving until Ctrl-C);
+   leave it down; the simulator keeps serving until Ctrl-C). A node that
+   exits 0, 1 or 2 by itself (a stop, or a start that failed) ends run-sim;
 4. Ctrl-C / SIGTERM: the node stops first (its orderly stop still reaches the
    devices), then the simulator; exit status is the node's.
 
@@ -140,20 +141,23 @@ class Supervisor:
         while True:
             if self.stopping:
                 code = self._stop(self.node, NODE_STOP_S, "the node")
-                return code if code is not None and code >= 0 else 0
+                return code if code is not None and code >= 0 else 0  # a node already down: a clean stop
             if self.sim.poll() is not None:
                 say(f"the simulator exited ({_status(self.sim.returncode)}): stopping the node")
                 self._stop(self.node, NODE_STOP_S, "the node")
                 return 1
             code = self.node.poll() if self.node else None
             if code is not None:
-                again = self.restart and (code < 0 or code in RESTART_CODES)
-                if not again:
+                self.node = None
+                if code >= 0 and code not in RESTART_CODES:  # a stop, or a start that failed
                     say(f"node exited ({_status(code)}); stopping the simulator")
-                    return code if code >= 0 else 1
+                    return code
+                if not self.restart:
+                    say(f"node exited ({_status(code)}); the simulator keeps running (--no-restart): start the "
+                        f"node by hand with `sitecontroller run --params {self.params_file}`; Ctrl-C stops the simulator")
+                    continue
                 say(f"node exited ({_status(code)}); the simulator keeps running; "
                     f"starting the node again in {RESTART_DELAY_S:g} s")
-                self.node = None
                 self._sleep(RESTART_DELAY_S)
                 if not self.stopping:
                     self._start_node()

@@ -79,3 +79,26 @@ def test_run_sim_resolves_params_against_the_callers_directory(run_sim, tmp_path
     params_file.write_text(json.dumps(isolated_example("sim_node1.json", tmp_path)))
     rs = run_sim(params_file=params_file, cwd=tmp_path, params_arg="mine.json")
     rs.wait_status(lambda s: s["state"] == "run", 30, "node in run")
+
+
+def test_a_commanded_restart_starts_the_node_again_against_the_same_simulator(run_sim):  # noqa: F811
+    rs = run_sim()
+    rs.wait_status(lambda s: s["state"] == "run", 30, "node in run")
+    sim_pid, (node_pid,) = rs.sim_pid(), rs.node_pids()
+    r = rs.cli("restart", "--endpoint", rs.endpoint)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: len(rs.node_pids()) == 2, 15, 0.1, "the node started again")
+    rs.wait_status(lambda s: s["state"] == "run", 30, "the new node in run")
+    assert "node exited (exit status 75)" in rs.output() and rs.sim_pid() == sim_pid and not alive(node_pid)
+
+
+def test_no_restart_leaves_the_node_down_and_the_simulator_up(run_sim):  # noqa: F811
+    rs = run_sim("sim_node1.json", "--no-restart")
+    rs.wait_status(lambda s: s["state"] == "run", 30, "node in run")
+    sim_pid, (node_pid,) = rs.sim_pid(), rs.node_pids()
+    os.kill(node_pid, signal.SIGKILL)
+    wait_until(lambda: "node exited (killed by SIGKILL); the simulator keeps running" in rs.output(), 10, 0.05,
+               "run-sim noticing")
+    assert rs.proc.poll() is None and rs.sim_pid() == sim_pid and rs.node_pids() == [node_pid]
+    rs.proc.send_signal(signal.SIGTERM)
+    assert rs.proc.wait(10) == 0 and not alive(sim_pid)
