@@ -99,15 +99,29 @@ class SimulatedSite:
         self._started: list[object] = []
 
     async def start(self) -> None:
+        """Start every simulator; a port that is taken is an OSError naming the device, port and holder."""
         try:
             for kind, sim in self.sims.items():
-                await sim.start()
+                try:
+                    await sim.start()
+                except (OSError, RuntimeError) as exc:  # pymodbus says RuntimeError("Could not start listen")
+                    raise OSError(self._taken(kind, exc)) from None
                 self._started.append(sim)
                 log.info("simulated %s started: %s", kind, type(sim).__name__)
         except BaseException:
             await self.close()
             raise
         self._task = asyncio.create_task(self._physics(), name="plant-physics")
+
+    def _taken(self, kind: str, exc: Exception) -> str:
+        from .port_holder import who_listens
+
+        if kind == "bms_bus":
+            return str(exc)  # the SLCAN server names its port already
+        cfg = getattr(self.params.devices, kind)
+        holder = who_listens(cfg.port) if cfg.port else None
+        return (f"simulated {kind} cannot listen on {cfg.host}:{cfg.port}"
+                + (f": held by {holder}" if holder else f" ({exc})"))
 
     async def close(self) -> None:
         if self._task:

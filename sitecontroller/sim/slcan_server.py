@@ -148,8 +148,11 @@ class SlcanServer:
             self._server = await asyncio.start_server(self._serve, self.host, self.port, reuse_address=True)
         except OSError as exc:
             await self.close()
+            from .port_holder import who_listens
+
+            holder = who_listens(self.port)
             raise OSError(f"simulated CAN adapter (SLCAN): cannot listen on {self.host}:{self.port}: "
-                          f"{exc.strerror or exc}") from None
+                          + (f"held by {holder}" if holder else str(exc.strerror or exc))) from None
         if not self.port:
             self.port = self._server.sockets[0].getsockname()[1]
 

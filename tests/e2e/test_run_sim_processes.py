@@ -22,8 +22,12 @@ def test_node_and_simulator_are_separate_processes_and_a_killed_node_comes_back(
     sim_pid, (node_pid,) = rs.sim_pid(), rs.node_pids()
     assert len({sim_pid, node_pid, rs.proc.pid}) == 3 and alive(sim_pid) and alive(node_pid)
 
-    assert rs.cli("setpoint", "--w", "-2000", "--endpoint", rs.endpoint).returncode == 0
-    wait_until(lambda: rs.plant()["p_w"] < -1990, 5, 0.05, "the simulated inverter charging at 2 kW")
+    r = rs.cli("setpoint", "--w", "-2000", "--endpoint", rs.endpoint)
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        wait_until(lambda: rs.plant()["p_w"] < -1990, 5, 0.05, "the simulated inverter charging at 2 kW")
+    except AssertionError:
+        raise AssertionError(f"{rs.plant()}\n{rs.status()}\n{r.stdout}") from None
     os.kill(node_pid, signal.SIGKILL)
     wait_until(lambda: not alive(node_pid), 5, 0.02, "the node gone")
     plant = rs.plant()  # the simulator still answers, with its battery as it was
@@ -102,3 +106,20 @@ def test_no_restart_leaves_the_node_down_and_the_simulator_up(run_sim):  # noqa:
     assert rs.proc.poll() is None and rs.sim_pid() == sim_pid and rs.node_pids() == [node_pid]
     rs.proc.send_signal(signal.SIGTERM)
     assert rs.proc.wait(10) == 0 and not alive(sim_pid)
+
+
+def test_a_device_port_taken_by_another_program_is_one_line_naming_it(run_sim, tmp_path):  # noqa: F811
+    import socket
+
+    data = isolated_example("sim_node1.json", tmp_path)
+    params_file = tmp_path / "taken.json"
+    params_file.write_text(json.dumps(data))
+    port = data["devices"]["meter"]["port"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        rs = run_sim(params_file=params_file)
+        assert rs.proc.wait(20) == 1
+    out = rs.output()
+    assert f"cannot start: simulated meter cannot listen on 127.0.0.1:{port}: held by pid {os.getpid()}" in out
+    assert "Traceback" not in out and not rs.node_pids()
