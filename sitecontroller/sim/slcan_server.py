@@ -38,6 +38,7 @@ log = logging.getLogger("sitecontroller.sim.slcan")
 OK = b"\r"
 BELL = b"\a"
 MAX_LINE = 64  # longest legal command is ~30 characters
+MAX_BACKLOG_BYTES = 1_000_000  # a client that stops reading is dropped rather than buffered forever
 BITRATE_CODES = {f"S{i}" for i in range(10)}
 
 
@@ -89,8 +90,13 @@ class _Client:
         self.peer = writer.get_extra_info("peername")
 
     def send(self, data: bytes) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(data)
+        if self.writer.is_closing():
+            return
+        if self.writer.transport.get_write_buffer_size() > MAX_BACKLOG_BYTES:
+            log.warning("SLCAN client %s does not read its frames: dropping it", self.peer)
+            self.writer.close()
+            return
+        self.writer.write(data)
 
     def handle(self, line: str) -> bytes:
         """The answer to one command line."""

@@ -149,3 +149,54 @@ async def test_the_real_driver_reads_a_simulator_in_another_process(tmp_path):
                 proc.wait(5)
             log.close()
     assert "Traceback" not in (tmp_path / "sim.log").read_text()
+
+
+async def test_clients_on_one_adapter_hear_each_other():
+    """Like devices on one CAN bus: a frame from one client reaches the bus and every other open client."""
+    server = SlcanServer("127.0.0.1", 0, f"slcan-share-{free_tcp_port()}")
+    await server.start()
+    try:
+        (r1, w1), (r2, w2) = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(2)]
+        for w in (w1, w2):
+            w.write(b"O\r")
+        assert await asyncio.wait_for(r1.readexactly(1), 2) == b"\r"
+        assert await asyncio.wait_for(r2.readexactly(1), 2) == b"\r"
+        w1.write(b"t10011F\r")
+        assert await asyncio.wait_for(r1.readuntil(b"\r"), 2) == b"z\r"  # the sender gets its ack, not its frame
+        assert await asyncio.wait_for(r2.readuntil(b"\r"), 2) == b"t10011F\r"
+        for w in (w1, w2):
+            w.close()
+    finally:
+        await server.close()
+
+
+async def test_the_driver_reconnects_when_the_adapter_comes_back():
+    """A simulator that restarts: the driver's bus fails, is reopened, and the racks come back online."""
+    from sitecontroller.sim.bms import SimBms
+    from tests.protocol.test_bms_can import make_plant
+
+    port = free_tcp_port()
+    channel = f"slcan-reconnect-{port}"
+    cfg = BmsConfig(model="bess_sim", can={"interface": "slcan", "channel": f"socket://127.0.0.1:{port}"},
+                    timeout_s=0.5, alive_timeout_s=1.0)
+    inner = cfg.model_copy(update={"can": cfg.can.model_copy(update={"interface": "virtual", "channel": channel})})
+    clock = RealClock()
+    sim = SimBms(make_plant(1), inner, clock, period_s=0.05)
+    server = SlcanServer("127.0.0.1", port, channel)
+    await server.start()
+    await sim.start()
+    drv = make_bms(cfg, clock)
+    await drv.start()
+    try:
+        await async_wait_until(lambda: (r := drv.latest()) is not None and r.racks_online == 1, 5, 0.02, "online")
+        await server.close()
+        await async_wait_until(lambda: drv.latest() is None or drv.latest().racks_online == 0, 5, 0.02, "offline")
+        server = SlcanServer("127.0.0.1", port, channel)
+        await server.start()
+        await async_wait_until(lambda: (r := drv.latest()) is not None and r.racks_online == 1, 10, 0.02,
+                               "online again after the adapter came back")
+        assert drv.stats()["bus_opens"] >= 2
+    finally:
+        await drv.close()
+        await sim.close()
+        await server.close()
