@@ -24,6 +24,7 @@ import sys
 from ..clock import RealClock
 from ..params import ParamsError, load
 from .endpoint import SimControlServer, SimUnreachable, sim_request
+from .run_sim import fraction
 from .site import SimulatedSite
 
 
@@ -84,21 +85,11 @@ async def _main(params, params_file: str, soc: float | None) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"found {text!r}; allowed: a number from 0 to 1") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"found {text}; allowed: a number from 0 to 1 (0.3 = 30 %)")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m sitecontroller.sim", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", required=True, metavar="FILE", help="site parameter file whose devices to simulate")
-    ap.add_argument("--soc", type=_fraction, metavar="FRACTION",
+    ap.add_argument("--soc", type=fraction, metavar="FRACTION",
                     help="battery SOC to start from, 0..1 (default: simulation.initial_soc of the file)")
     return ap
 

@@ -179,6 +179,17 @@ class Supervisor:
                 or (dev.meter is not None and dev.meter.model != "inproc"))
 
 
+def fraction(text: str) -> float:
+    """argparse type of --soc: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"found {text!r}; allowed: a number from 0 to 1") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"found {text}; allowed: a number from 0 to 1 (0.3 = 30 %)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="scripts/run-sim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -186,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--params", metavar="FILE", default=str(DEFAULT_PARAMS),
                     help="site parameter file, relative to the current directory "
                          "(default: site_parameters/sim_node1.json)")
-    ap.add_argument("--soc", metavar="FRACTION",
+    ap.add_argument("--soc", metavar="FRACTION", type=fraction,
                     help="battery SOC the simulator starts from, 0..1 (default: the file's simulation.initial_soc)")
     ap.add_argument("--no-restart", dest="restart", action="store_false",
                     help="leave the node down when it dies or asks for a restart (the simulator keeps running)")
