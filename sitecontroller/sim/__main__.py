@@ -61,6 +61,8 @@ async def _main(params, params_file: str, soc: float | None) -> int:
         if server:
             await server.start()
         await site.start()
+        if server:
+            server.ready = True
     except OSError as exc:
         if server:
             await server.close()

@@ -3,7 +3,8 @@
 Loopback only (site parameters: `simulation.endpoint`), one JSON object per
 request and per reply, like the node's control endpoint:
 
-    {"op": "ping"}                      -> {"ok": true, "pid": N, "params": FILE, "node_id": ID, "devices": [...]}
+    {"op": "ping"}                      -> {"ok": true, "pid": N, "params": FILE, "node_id": ID, "devices": [...],
+                                            "ready": true once every simulated device listens}
     {"op": "knobs"}                     -> {"ok": true, "knobs": [{"device", "knob", "kind", "type", "value",
                                                                    "default", "help"}, ...]}
     {"op": "set", "device": D, "knob": K, "value": V}   (V optional: true / the action's default)
@@ -51,6 +52,7 @@ class SimControlServer:
         self._ctx = zmq.asyncio.Context.instance()
         self._sock = None
         self._task: asyncio.Task | None = None
+        self.ready = False  # set once every simulated device listens
 
     async def start(self) -> None:
         self._sock = self._ctx.socket(zmq.ROUTER)
@@ -97,7 +99,7 @@ class SimControlServer:
         if op == "ping":
             p = self.site.params
             return {"ok": True, "pid": os.getpid(), "params": self.params_file, "node_id": p.identity.node_id,
-                    "devices": knobs.devices}
+                    "devices": knobs.devices, "ready": self.ready}
         if op == "knobs":
             return {"ok": True, "knobs": knobs.describe()}
         if op == "set":

@@ -93,7 +93,7 @@ class Supervisor:
             except SimUnreachable:
                 time.sleep(0.1)
                 continue
-            if reply.get("pid") == self.sim.pid:
+            if reply.get("pid") == self.sim.pid and reply.get("ready"):
                 say(f"simulator running (pid {self.sim.pid}); fault knobs: sitecontroller sim faults")
                 return True
             time.sleep(0.1)

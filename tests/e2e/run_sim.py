@@ -63,10 +63,12 @@ class RunSim:
         return self.sim("plant")["plant"]
 
     def sim_pid(self) -> int | None:
+        """The simulator's pid once all its devices listen."""
         try:
-            return self.sim("ping")["pid"]
+            reply = self.sim("ping")
         except SimUnreachable:
             return None
+        return reply["pid"] if reply["ready"] else None
 
     def node_pids(self) -> list[int]:
         return [int(p) for p in re.findall(r"run-sim: node running \(pid (\d+)\)", self.output())]

@@ -122,4 +122,4 @@ def test_a_device_port_taken_by_another_program_is_one_line_naming_it(run_sim, t
         assert rs.proc.wait(20) == 1
     out = rs.output()
     assert f"cannot start: simulated meter cannot listen on 127.0.0.1:{port}: held by pid {os.getpid()}" in out
-    assert "Traceback" not in out and not rs.node_pids()
+    assert "Traceback" not in out and not rs.node_pids(), out

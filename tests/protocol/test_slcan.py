@@ -114,7 +114,8 @@ async def test_the_real_driver_reads_a_simulator_in_another_process(tmp_path):
     try:
         def ready():
             try:
-                return sim_request(endpoint, {"op": "ping"}, 0.5)["pid"] == proc.pid
+                reply = sim_request(endpoint, {"op": "ping"}, 0.5)
+                return reply["pid"] == proc.pid and reply["ready"]
             except SimUnreachable:
                 return proc.poll() is not None
         wait_until(ready, 20, 0.1, "the simulator's endpoint")
