@@ -195,7 +195,10 @@ class KnobRegistry:
         table: dict[str, Knob] = {}
         for name, spec in specs.items():
             target, help_text = (name, spec) if isinstance(spec, str) else spec
-            table[name] = self._knob(device, obj, name, target, help_text)
+            try:
+                table[name] = self._knob(device, obj, name, target, help_text)
+            except AttributeError as exc:
+                raise AttributeError(f"{type(obj).__name__}.KNOBS[{name!r}]: target {target!r}: {exc}") from None
         faults = getattr(obj, "faults", None)
         if dataclasses.is_dataclass(faults) and not isinstance(faults, type):
             targeted = {k.target for k in table.values()}

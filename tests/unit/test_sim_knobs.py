@@ -118,3 +118,11 @@ def test_the_readme_knob_table_matches_the_simulators(tmp_path):
         for k in site(tmp_path, example).knobs.describe():
             real.setdefault(k["device"], set()).add(k["knob"])
     assert table == real
+
+
+def test_a_knob_without_its_attribute_is_a_clear_error_at_once():
+    class Device:
+        KNOBS = {"ghost": "not there"}
+
+    with pytest.raises(AttributeError, match=r"Device.KNOBS\['ghost'\]: target 'ghost'"):
+        KnobRegistry().add("thing", Device())
