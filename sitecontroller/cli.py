@@ -253,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mermaid text to stdout (default), or a picture drawn with graphviz")
     p.add_argument("--out", default="states.png", help="output file for png/svg")
     p.set_defaults(func=cmd_state_diagram)
+
+    from .sim.cli import add_sim_parser  # `sitecontroller sim faults|fault|state` (simulator process)
+
+    add_sim_parser(sub)
     return ap
 
 

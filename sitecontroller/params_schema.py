@@ -16,6 +16,7 @@ from .schema_base import Strict
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5550"
+DEFAULT_SIM_ENDPOINT = "tcp://127.0.0.1:5560"
 
 
 class Identity(Strict):
@@ -143,6 +144,12 @@ class SimulationParams(Strict):
     load_avg_w: float = Field(800.0, ge=0, le=10_000_000)
     cells_per_rack: int = Field(16, ge=1, le=400)
     seed: int = 1
+    endpoint: str = Field(DEFAULT_SIM_ENDPOINT, description="the simulator process's control endpoint (fault knobs)")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _loopback_only(cls, v: str) -> str:
+        return ControlParams._loopback_only(v)
 
 
 class SiteParams(Strict):

@@ -54,6 +54,10 @@ def isolated_example(example: str, workdir: Path, **overrides) -> dict:
     can = data["devices"]["bms"].get("can")
     if can and can.get("interface") == "virtual":
         can["channel"] = f"test-{free_tcp_port()}"
+    if can and can.get("interface") == "slcan":
+        can["channel"] = f"socket://127.0.0.1:{free_tcp_port()}"
+    if data.get("simulation"):
+        data["simulation"]["endpoint"] = f"tcp://127.0.0.1:{free_tcp_port()}"
     for section, values in overrides.items():
         data[section].update(values)
     return data

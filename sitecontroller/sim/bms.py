@@ -59,6 +59,16 @@ SIGNALS = {
 
 
 class SimBms:
+    KNOBS = {  # `sitecontroller sim faults` lists these (sim/knobs.py)
+        "silent": "racks that send nothing: all, none, or rack numbers like 1 (a silent BMS, a silent rack)",
+        "alive_frozen": "racks whose alive counter stops moving: all, none, or rack numbers",
+        "delay_s": "every frame is sent this many seconds late",
+        "internal_fault": "the BMS reports an internal fault (protection)",
+        "ignore_commands": "the BMS receives contactor/balancing/sleep commands but does not carry them out",
+        "pylontech_extension": "pylontech: also send the optional 0x373 cell-statistics frame",
+        "corrupt_frame": ("send_corrupt_frame(kind)", "send one bad frame now: short (cut to 3 bytes) or range (SOC > 100 %)"),
+        "error_frame": ("send_error_frame()", "send one CAN error frame now"),
+    }
     PERIOD_S = 0.1
     INFO_PERIOD_S = 1.0
     CELL_OV_WARN_V = 3.60

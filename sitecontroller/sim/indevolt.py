@@ -37,6 +37,13 @@ REALTIME = 4
 
 
 class SimIndevolt:
+    KNOBS = {  # `sitecontroller sim faults` lists these (sim/knobs.py)
+        "silent": "every request is held unanswered (the client times out)",
+        "delay_s": "every answer comes this many seconds late",
+        "reject_writes": "the inverter refuses writes: every SetData answers result false and changes nothing",
+        "malformed": "every answer is a truncated JSON body",
+    }
+
     def __init__(self, plant, config, *, host: str | None = None, port: int | None = None):
         self.plant = plant
         self.rated_w = float(config.rated_w)

@@ -88,6 +88,13 @@ def inverter_quantities(plant) -> dict:
 
 
 class SimModbusInverter:
+    KNOBS = {  # `sitecontroller sim faults` lists these (sim/knobs.py)
+        "silent": ("mute()/unmute()", "requests are swallowed, never answered (the client times out)"),
+        "dropped": ("drop()/resume()", "the Modbus port and every connection are closed (connection refused)"),
+        "delay_s": "every answer comes this many seconds late",
+        "reject_writes": "the inverter refuses writes: every write is answered with exception DEVICE_FAILURE",
+    }
+
     def __init__(self, plant, config: InverterConfig, profile: str | Profile | None = None) -> None:
         if not isinstance(profile, Profile):
             profile = load_profile(profile or config.profile or config.model, kind="inverter")

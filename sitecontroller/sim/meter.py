@@ -66,6 +66,9 @@ def meter_values(plant) -> dict:
 
 
 class _SimMeterBase:
+    # `sitecontroller sim faults` lists these and every field of MeterFaults (sim/knobs.py)
+    KNOBS = {"silent": ("faults.stopped", "the meter does not answer at all")}
+
     def __init__(self, plant, config: MeterConfig) -> None:
         if config.host is None or config.port is None:
             raise ValueError("a simulated meter needs 'host' and 'port'")

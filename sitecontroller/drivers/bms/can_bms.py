@@ -141,7 +141,7 @@ class CanBmsDriver(BmsDriver):
     def _open_bus(self) -> None:
         c = self.config.can
         try:
-            self._bus = can.Bus(interface=c.interface, channel=c.channel, bitrate=c.bitrate)
+            self._bus = can.Bus(**c.bus_kwargs())  # slcan on a URL: no 2 s settle time (blocks the loop)
             self._notifier = can.Notifier(self._bus, [_Receiver(self, self._loop, self._bus)], timeout=0.1)
             self._stats["bus_opens"] += 1
         except Exception as exc:  # no such interface, permission, missing backend...

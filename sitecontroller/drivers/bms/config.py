@@ -8,12 +8,32 @@ from pydantic import Field, model_validator
 from ...schema_base import Strict
 
 
-class CanBusConfig(Strict):
-    """A python-can bus. On a Pi: interface "socketcan", channel "can0"."""
+SLCAN_BITRATES = (10_000, 20_000, 50_000, 83_300, 100_000, 125_000, 250_000, 500_000, 750_000, 1_000_000)
 
-    interface: Literal["socketcan", "virtual", "udp_multicast", "slcan", "pcan", "kvaser"] = "socketcan"
+
+class CanBusConfig(Strict):
+    """A python-can bus. On a Pi: interface "socketcan", channel "can0".
+
+    `slcan` is a serial (USB) CAN adapter: channel `/dev/ttyACM0`, or a pyserial
+    URL such as `socket://127.0.0.1:15023` (the simulator serves its BMS so).
+    """
+
+    interface: Literal["socketcan", "virtual", "slcan", "pcan", "kvaser"] = "socketcan"
     channel: str = Field("can0", min_length=1, max_length=64)
     bitrate: int = Field(500_000, ge=10_000, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _slcan_bitrate(self):
+        if self.interface == "slcan" and self.bitrate not in SLCAN_BITRATES:
+            raise ValueError(f"an slcan adapter runs at one of {', '.join(map(str, SLCAN_BITRATES))} bit/s")
+        return self
+
+    def bus_kwargs(self) -> dict:
+        """Keyword arguments for `can.Bus`. A network (URL) slcan channel needs no 2 s settle time after opening."""
+        kw = {"interface": self.interface, "channel": self.channel, "bitrate": self.bitrate}
+        if self.interface == "slcan" and "://" in self.channel:
+            kw["sleep_after_open"] = 0
+        return kw
 
 
 class BmsConfig(Strict):

@@ -1,0 +1,132 @@
+"""`sitecontroller sim ...`: talk to a running simulator process (fault knobs, plant state).
+
+    sitecontroller sim faults                    # every knob: device, name, value, meaning
+    sitecontroller sim fault bms silent 1        # rack 1 stops sending
+    sitecontroller sim fault battery cell_v_fault_v 0.5
+    sitecontroller sim fault --clear             # every knob back to normal
+    sitecontroller sim state                     # SOC, power, contactors of the simulated plant
+
+Without --params/--endpoint these reach the simulator `scripts/run-sim` starts
+(its default parameter file's `simulation.endpoint`). Exit status: 0 ok,
+1 the simulator did not answer or refused, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..params_schema import DEFAULT_SIM_ENDPOINT
+
+
+def _endpoint(args) -> str:
+    if args.endpoint:
+        return args.endpoint
+    if args.params:
+        from ..params import ParamsError, load
+
+        try:
+            params = load(args.params)
+        except ParamsError as exc:
+            for line in exc.problems:
+                print(f"{exc.source}: {line}", file=sys.stderr)
+            sys.exit(2)
+        return params.simulation.endpoint if params.simulation else DEFAULT_SIM_ENDPOINT
+    return DEFAULT_SIM_ENDPOINT
+
+
+def _ask(args, payload: dict) -> dict:
+    from .endpoint import SimUnreachable, sim_request
+
+    try:
+        reply = sim_request(_endpoint(args), payload, timeout_s=2.0)
+    except SimUnreachable as exc:
+        print(f"sitecontroller sim: {exc}", file=sys.stderr)
+        sys.exit(1)
+    if not reply.get("ok"):
+        print(f"sitecontroller sim: {reply.get('error')}", file=sys.stderr)
+        sys.exit(1)
+    return reply
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+def cmd_faults(args) -> int:
+    knobs = _ask(args, {"op": "knobs"})["knobs"]
+    if args.json:
+        print(json.dumps(knobs))
+        return 0
+    print(f"{'DEVICE':9} {'KNOB':20} {'VALUE':>8}  MEANING (type; default)")
+    for k in knobs:
+        value = "-" if k["kind"] == "action" else _show(k["value"])
+        changed = "*" if k["kind"] != "action" and k["value"] != k["default"] else " "
+        what = "action: set it to do it once" if k["kind"] == "action" else f"{k['type']}; default {_show(k['default'])}"
+        print(f"{k['device']:9} {k['knob']:20} {value:>8}{changed} {k['help']} ({what})")
+    print("* = not at its default.  Set one: sitecontroller sim fault DEVICE KNOB [VALUE];"
+          "  all back to normal: sitecontroller sim fault --clear")
+    return 0
+
+
+def cmd_fault(args) -> int:
+    if args.clear:
+        if args.device or args.knob:
+            print("sitecontroller sim fault: give either --clear or DEVICE KNOB [VALUE], not both", file=sys.stderr)
+            return 2
+        cleared = _ask(args, {"op": "clear"})["cleared"]
+        print(f"cleared: {', '.join(cleared)}" if cleared else "cleared: no knob was set")
+        return 0
+    if not args.device or not args.knob:
+        print("sitecontroller sim fault: DEVICE and KNOB are needed (or --clear); "
+              "`sitecontroller sim faults` lists them", file=sys.stderr)
+        return 2
+    k = _ask(args, {"op": "set", "device": args.device, "knob": args.knob, "value": args.value})["knob"]
+    if k["kind"] == "action":
+        print(f"{k['device']} {k['knob']}: done")
+    else:
+        print(f"{k['device']} {k['knob']} = {_show(k['value'])}")
+    return 0
+
+
+def cmd_state(args) -> int:
+    plant = _ask(args, {"op": "plant"})["plant"]
+    if args.json:
+        print(json.dumps(plant))
+        return 0
+    print(f"soc {plant['soc'] * 100:.2f} %  inverter {plant['p_w']:.0f} W (setpoint {plant['setpoint_p_w']:.0f} W)  "
+          f"grid {plant['grid_p_w']:.0f} W  contactors {'closed' if plant['contactor_closed'] else 'open'}"
+          f"{'  TRIPPED' if plant['tripped'] else ''}")
+    return 0
+
+
+def add_sim_parser(sub) -> None:
+    """Add the `sim` command (with faults, fault, state) to the `sitecontroller` subparsers."""
+    sim = sub.add_parser("sim", help="talk to a running simulator process: fault knobs, plant state",
+                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    simsub = sim.add_subparsers(dest="sim_cmd", required=True, metavar="SIMCOMMAND")
+
+    def talk(name, help_text, func):
+        p = simsub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--params", metavar="FILE", help="the parameter file the simulator runs (for its endpoint)")
+        p.add_argument("--endpoint", help=f"the simulator's endpoint (default {DEFAULT_SIM_ENDPOINT})")
+        p.set_defaults(func=func)
+        return p
+
+    p = talk("faults", "list every fault knob: device, name, present value and meaning", cmd_faults)
+    p.add_argument("--json", action="store_true", help="one JSON array of knobs (device, knob, kind, type, value, default, help)")
+    p = talk("fault", "set one fault knob (sim fault DEVICE KNOB [VALUE]), or --clear them all", cmd_fault)
+    p.add_argument("device", nargs="?", help="bms, inverter, meter, battery or grid (see `sim faults`)")
+    p.add_argument("knob", nargs="?", help="the knob's name (see `sim faults`)")
+    p.add_argument("value", nargs="?",
+                   help="new value: true/false, a number, a text, none, or racks (all, none, 0,1); "
+                        "default true (actions: their default)")
+    p.add_argument("--clear", action="store_true", help="put every knob back to its normal value")
+    p = talk("state", "print the simulated plant: SOC, inverter power, grid power, contactors", cmd_state)
+    p.add_argument("--json", action="store_true", help="one JSON object (soc, p_w, setpoint_p_w, grid_p_w, ...)")
