@@ -110,7 +110,7 @@ def add_sim_parser(sub) -> None:
     """Add the `sim` command (with faults, fault, state) to the `sitecontroller` subparsers."""
     sim = sub.add_parser("sim", help="talk to a running simulator process: fault knobs, plant state",
                          description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    simsub = sim.add_subparsers(dest="sim_cmd", required=True, metavar="SIMCOMMAND")
+    simsub = sim.add_subparsers(dest="sim_cmd", required=True, metavar="SIMCOMMAND", help="what to do with the simulator (each has its own --help)")
 
     def talk(name, help_text, func):
         p = simsub.add_parser(name, help=help_text, description=help_text)

@@ -174,7 +174,7 @@ async def test_clients_on_one_adapter_hear_each_other():
 async def test_the_driver_reconnects_when_the_adapter_comes_back():
     """A simulator that restarts: the driver's bus fails, is reopened, and the racks come back online."""
     from sitecontroller.sim.bms import SimBms
-    from tests.protocol.test_bms_can import make_plant
+    from tests.protocol.bms_rig import make_plant
 
     port = free_tcp_port()
     channel = f"slcan-reconnect-{port}"
