@@ -14,6 +14,7 @@ import signal
 from .clock import RealClock
 from .control_endpoint import ControlServer
 from .drivers.factory import make_devices
+from .logs import stop_logging
 from .runtime import NodeRuntime
 
 log = logging.getLogger("sitecontroller")
@@ -73,7 +74,7 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
         loop.remove_signal_handler(signal.SIGINT)
         loop.remove_signal_handler(signal.SIGTERM)
     log.info("node %s stopped (exit status %d)", params.identity.node_id, code)
-    logging.shutdown()
+    stop_logging()  # every queued record written out before the process exits
     return code
 
 

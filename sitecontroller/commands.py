@@ -57,7 +57,7 @@ class SetPower(_Base):
 
     type: Literal["set_power"]
     p_w: float = Field(..., ge=-MAX_POWER_W, le=MAX_POWER_W, allow_inf_nan=False)
-    hold_s: float | None = Field(None, gt=0, le=86_400, description="default: staleness.setpoint_s")
+    hold_s: float | None = Field(None, ge=1, le=86_400, description="at least 1 s (10 cycles); default: staleness.setpoint_s")
 
 
 class SetState(_Base):

@@ -5,11 +5,18 @@ control cycle, and must not print a traceback for every record: the log file
 handler then prints ONE warning to stderr, drops file records (the console keeps
 them) and tries the file again every `RETRY_S` seconds; once it can write again
 it notes in the file how many records it dropped.
+
+The cycle never writes a log record itself: the root logger only puts records
+on a queue (`QueueHandler`), and one listener thread writes them to stderr and
+the file (DESIGN §4: no blocking disk I/O in the cycle). The listener is
+stopped, and the queue drained, at interpreter exit or by `stop_logging()`.
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import logging.handlers
+import queue
 import sys
 import time
 from pathlib import Path
@@ -119,6 +126,8 @@ def setup_logging(params, level: str = "INFO") -> None:
     """Console and `<data_dir>/node.log` (rotated). Run the preflight checks first: the data
     directory must exist; a disk that fails later only pauses the file (see above)."""
     fmt = logging.Formatter(f"%(asctime)s %(levelname)-8s [{params.identity.node_id}] %(name)s: %(message)s")
+    global _listener
+    stop_logging()
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level)
@@ -126,6 +135,23 @@ def setup_logging(params, level: str = "INFO") -> None:
                                        DegradingFileHandler(Path(params.data_dir) / LOG_FILE)]
     for handler in handlers:
         handler.setFormatter(fmt)
-        root.addHandler(handler)
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    root.addHandler(logging.handlers.QueueHandler(records))
+    _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    _listener.start()
     for name, quiet_level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(quiet_level)
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+@atexit.register
+def stop_logging() -> None:
+    """Write out every queued record and stop the listener thread (idempotent)."""
+    global _listener
+    if _listener is not None:
+        listener, _listener = _listener, None
+        listener.stop()
+        for handler in listener.handlers:
+            handler.close()

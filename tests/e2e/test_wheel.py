@@ -7,7 +7,6 @@ against about 20 s and PyPI for installing requirements.lock). A plain path line
 run the editable install's hook, so `sitecontroller` in the fresh environment is the wheel's copy
 (the test checks that).
 """
-import importlib.resources
 import json
 import os
 import signal
@@ -69,15 +68,7 @@ def test_the_installed_package_is_the_wheel_not_the_repository(venv, tmp_path):
     assert Path(r.stdout.strip()).is_relative_to(venv), r.stdout
 
 
-def _package_has_dbc() -> bool:
-    return any(p.suffix == ".dbc" for p in Path(str(importlib.resources.files("sitecontroller"))).rglob("*.dbc"))
-
-
-@pytest.mark.parametrize("example", [
-    "sim_node1_inproc.json",
-    pytest.param("sim_node1.json", marks=pytest.mark.xfail(
-        not _package_has_dbc(), reason="the DBC files are not inside the package yet", strict=True)),
-])
+@pytest.mark.parametrize("example", ["sim_node1_inproc.json", "sim_node1.json"])
 def test_check_params_and_a_short_simulated_run_outside_the_repository(venv, tmp_path, example):
     work = tmp_path / "elsewhere"
     work.mkdir()
