@@ -6,6 +6,8 @@ time it took.
 """
 import pytest
 
+pytestmark = pytest.mark.vtime
+
 
 async def running_at(live_node, p_w):
     ack = await live_node.command(type="set_power", p_w=p_w, hold_s=120)
