@@ -229,3 +229,42 @@ async def test_the_marker_runs_an_async_test_on_virtual_time(clock):
 
 async def test_unmarked_async_tests_stay_on_the_real_clock():
     assert not isinstance(asyncio.get_running_loop(), vtime.VirtualTimeLoop)
+
+
+def _node_trace(workdir, seconds=20.0):
+    """A whole node with CAN and Modbus TCP drivers against its simulators: (t, state, setpoint, inverter, SOC)
+    at every cycle while it follows a setpoint, then loses its inverter link."""
+    from tests.live import LiveNode, protocol_params
+
+    async def main():
+        n = LiveNode(protocol_params(workdir, "sim_node1.json"), vtime.VirtualClock())
+        await n.start()
+        trace = []
+        try:
+            await n.until(lambda: n.node.states.state == "run", 10, "node in run")
+            await n.command(type="set_power", p_w=2500, hold_s=120)
+            end = n.clock.monotonic() + seconds
+            while n.clock.monotonic() < end:
+                if n.clock.monotonic() >= end - seconds / 2 and not n.sims["inverter"].server.muted:
+                    n.sims["inverter"].mute()
+                img = n.node.image
+                sample = (round(img.t, 6), n.node.states.state, n.node.setpoint_w,
+                          round(n.plant.inverter.p_w, 3), round(n.plant.battery.soc, 9))
+                if not trace or trace[-1] != sample:
+                    trace.append(sample)
+                await asyncio.sleep(0.01)
+        finally:
+            await n.close()
+        return trace
+
+    return vtime.run(main)
+
+
+def test_a_whole_node_scenario_runs_fast_and_twice_the_same(tmp_path):
+    t_real = time.perf_counter()
+    first = _node_trace(tmp_path / "one")
+    took_real = time.perf_counter() - t_real
+    assert len(first) > 150 and first[0][1] == "run"
+    assert first[-1][2] == 0.0  # the muted inverter: 0 W (and, silent for long, the error state)
+    assert took_real < 20.0, f"20 s of node time took {took_real:.1f} s of real time"
+    assert _node_trace(tmp_path / "two") == first
