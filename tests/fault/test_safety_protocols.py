@@ -71,7 +71,10 @@ async def test_bms_silent_is_critical_opens_contactors_and_stops(live):
     await n.until(lambda: not n.plant.battery.contactor_closed, 2, "contactors opened by command")
     n.sims["bms"].resume()
     await n.until(lambda: n.node.image.bms is not None, 3, "BMS data again")
-    assert n.node.states.state == "error"  # the cause is gone, but nobody acknowledged it
+    # the cause is gone, but nobody acknowledged it: error, 0 W and open contactors at every sample
+    await holds_throughout(n, lambda: n.node.states.state == "error" and n.node.setpoint_w == 0.0
+                           and n.plant.inverter.p_w == 0.0 and not n.plant.battery.contactor_closed, 5,
+                           "error holds 0 W with open contactors until acknowledged")
 
 
 @pytest.mark.parametrize("knob,value,code", [
@@ -104,7 +107,16 @@ async def test_meter_stale_keeps_the_local_setpoint_and_reports_the_meter_absent
     n = await live()
     await running_at(n, 1500)
     n.plant.meter_stopped = True
-    await n.until(lambda: "METER_STALE" in n.error_ids, n.params.staleness.meter_s + 3, "METER_STALE")
+    limit, period = n.params.staleness.meter_s, n.params.cycle.period_s
+    # the local setpoint does not depend on the meter: it is held at every sample, before and after the limit
+    await holds_throughout(n, lambda: n.node.states.state == "run" and n.node.setpoint_w == 1500.0, limit + 1,
+                           "the local setpoint held while the meter is silent")
+    # raised by the first cycle that saw the last reading older than its limit
+    stale = next((e for e in n.node.errors.listed() if e.id == "METER_STALE"), None)
+    assert stale is not None, n.error_ids
+    t_raised = stale.first_wall - (n.clock.wall() - n.clock.monotonic())
+    late = t_raised - (n.devices.meter.latest().t + limit)
+    assert -1e-5 <= late <= period + 1e-5, f"METER_STALE came {late * 1000:.1f} ms after the staleness limit"
     status = n.node.status()
     assert status["grid_p_w"] is None and "meter" in status["absent"]
     assert status["state"] == "run" and n.plant.inverter.p_w == pytest.approx(1500)
@@ -128,5 +140,7 @@ async def test_an_inverter_trip_holds_zero_until_the_fault_clears(live):
     n.sims["inverter"].trip("GRID_FAULT")
     await n.until(lambda: "INV_FAULT" in n.error_ids, 3, "inverter fault reported")
     await n.until(lambda: n.node.setpoint_w == 0.0, 1, "setpoint 0 W")
+    await holds_throughout(n, lambda: n.node.setpoint_w == 0.0 and n.plant.inverter.p_w == 0.0, 5,
+                           "0 W held while the inverter reports its fault")
     n.plant.inverter.reset()
     await n.until(lambda: n.node.setpoint_w == 2000.0, 5, "setpoint back")
