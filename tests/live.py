@@ -1,6 +1,6 @@
-"""A live node against the protocol simulators, in the test's event loop, on the real clock."""
+"""A live node against the protocol simulators, in the test's event loop, on the given clock
+(the real clock, or virtual time under the `vtime` marker)."""
 import asyncio
-import time
 
 from sitecontroller import params as params_mod
 from sitecontroller.clock import RealClock
@@ -12,9 +12,9 @@ from tests.util import isolated_example
 
 
 class LiveNode:
-    def __init__(self, params):
+    def __init__(self, params, clock=None):
         self.params = params
-        self.clock = RealClock()
+        self.clock = clock or RealClock()
         self.site = SimulatedSite(params, self.clock)
         self.plant = self.site.plant
         self.sims = self.site.sims
@@ -31,13 +31,13 @@ class LiveNode:
         await self.site.close()
 
     async def until(self, predicate, timeout_s, what):
-        """Poll every 5 ms; return the monotonic time at which `predicate` first held."""
-        deadline = time.monotonic() + timeout_s
+        """Poll every 5 ms; return the node clock's time at which `predicate` first held."""
+        deadline = self.clock.monotonic() + timeout_s
         while not predicate():
-            if time.monotonic() > deadline:
+            if self.clock.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout_s} s waiting for {what}; status: {self.node.status()}")
             await asyncio.sleep(0.005)
-        return time.monotonic()
+        return self.clock.monotonic()
 
     async def command(self, **raw):
         ack = self.node.commands.submit(raw)
