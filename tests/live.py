@@ -50,4 +50,12 @@ class LiveNode:
 
 
 def protocol_params(tmp_path, example="sim_node1.json", **overrides):
-    return params_mod.parse(isolated_example(example, tmp_path, **overrides))
+    """The example with its own ports. Its simulators run in this process, so a BMS bus that the
+    example reaches over SLCAN (a TCP adapter, for a simulator in another process) becomes
+    python-can's in-process `virtual` bus: same DBC frames, and faithful under virtual time
+    (SLCAN is read by a python-can thread in real time; tests/protocol/test_slcan.py covers it)."""
+    data = isolated_example(example, tmp_path, **overrides)
+    can = data["devices"]["bms"].get("can")
+    if can and can.get("interface") == "slcan":
+        data["devices"]["bms"]["can"] = {**can, "interface": "virtual", "channel": f"live-{can['channel'][-5:]}"}
+    return params_mod.parse(data)

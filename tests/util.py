@@ -31,12 +31,13 @@ def wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.02, what
 
 async def async_wait_until(predicate, timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"):
     """Like wait_until, inside an asyncio test (predicate is a plain function)."""
-    deadline = time.monotonic() + timeout_s
+    clock = asyncio.get_running_loop().time  # the same as monotonic, or virtual under `vtime`
+    deadline = clock() + timeout_s
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
+        if clock() > deadline:
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         await asyncio.sleep(interval_s)
 

@@ -103,7 +103,7 @@ class _Link:
 
     def schedule_retry(self) -> None:
         self._backoff_s = min(self.backoff_max_s, max(self.backoff_min_s, self._backoff_s * 2))
-        self._next_attempt = time.monotonic() + self._backoff_s
+        self._next_attempt = _now() + self._backoff_s
 
     def drop(self) -> None:
         if self.client is not None:
@@ -117,7 +117,7 @@ class _Link:
         if self.client is not None:  # the peer closed the link
             self.drop()
             self.schedule_retry()
-        wait = self._next_attempt - time.monotonic()
+        wait = self._next_attempt - _now()
         if wait > 0:
             raise CommError(f"{self.where}: not connected (next attempt in {wait:.2f} s)")
         if not await self.connect():
@@ -284,3 +284,8 @@ class ModbusClient:
             await self._call(what, lambda c: c.write_register(address, values[0], device_id=self.unit_id))
         else:
             await self._call(what, lambda c: c.write_registers(address, list(values), device_id=self.unit_id))
+
+
+def _now() -> float:
+    """The event loop's clock: monotonic time in the field, virtual time in simulated runs."""
+    return asyncio.get_running_loop().time()
