@@ -11,69 +11,18 @@ The endpoint listens on loopback by default (site parameters: control.endpoint).
 """
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 from typing import Any
 
-import zmq
-import zmq.asyncio
-
-log = logging.getLogger("sitecontroller.endpoint")
-
-MAX_REQUEST_BYTES = 64 * 1024
+from .json_endpoint import JsonEndpoint, ask
 
 
-class ControlServer:
+class ControlServer(JsonEndpoint):
+    what = "control endpoint"
+    listen_hint = " (is another node running?)"
+
     def __init__(self, endpoint: str, node):
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.node = node
-        self._ctx = zmq.asyncio.Context.instance()
-        self._sock = None
-        self._task: asyncio.Task | None = None
-        self._handlers: set[asyncio.Task] = set()
-
-    async def start(self) -> None:
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        try:
-            self._sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            raise OSError(f"cannot listen on control endpoint {self.endpoint}: {exc} (is another node running?)") from None
-        self._task = asyncio.create_task(self._serve(), name="control-endpoint")
-        log.info("control endpoint listening on %s", self.endpoint)
-
-    async def close(self) -> None:
-        for t in [self._task, *self._handlers]:
-            if t:
-                t.cancel()
-        await asyncio.gather(*(t for t in [self._task, *self._handlers] if t), return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-
-    async def _serve(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart()
-            ident, body = frames[0], frames[-1]
-            task = asyncio.create_task(self._answer(ident, body))
-            self._handlers.add(task)
-            task.add_done_callback(self._handlers.discard)
-
-    async def _answer(self, ident: bytes, body: bytes) -> None:
-        try:
-            request = json.loads(body)
-        except ValueError as exc:
-            reply = {"ok": False, "error": f"request is not valid JSON: {exc}"}
-        else:
-            try:
-                reply = await self.handle(request)
-            except Exception as exc:  # every request gets an answer
-                log.exception("control request failed")
-                reply = {"ok": False, "error": f"internal error: {exc}"}
-        await self._sock.send_multipart([ident, b"", json.dumps(reply, default=str).encode()])
 
     async def handle(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict):
@@ -99,17 +48,5 @@ class NodeUnreachable(Exception):
 
 def request(endpoint: str, payload: dict[str, Any], timeout_s: float = 2.0) -> dict[str, Any]:
     """Send one request to a node and return its reply (blocking, for the CLI)."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            raise NodeUnreachable(f"cannot use endpoint {endpoint!r}: {exc} (expected tcp://HOST:PORT or ipc://PATH)") from None
-        sock.send(json.dumps(payload).encode())
-        if not sock.poll(int(timeout_s * 1000)):
-            raise NodeUnreachable(f"node at {endpoint} did not answer within {timeout_s:g} s (is it running?)")
-        return json.loads(sock.recv())
-    finally:
-        sock.close(linger=0)
+    return ask(endpoint, payload, timeout_s, NodeUnreachable,
+               "node at {endpoint} did not answer within {timeout_s:g} s (is it running?)")

@@ -17,19 +17,13 @@ Errors: {"ok": false, "error": "one line that names the device, knob and allowed
 """
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 
-import zmq
-import zmq.asyncio
-
+from ..json_endpoint import JsonEndpoint, ask
 from .knobs import KnobError
 
 log = logging.getLogger("sitecontroller.sim.endpoint")
-
-MAX_REQUEST_BYTES = 64 * 1024
 
 
 def plant_state(plant) -> dict:
@@ -44,52 +38,15 @@ def plant_state(plant) -> dict:
     }
 
 
-class SimControlServer:
+class SimControlServer(JsonEndpoint):
+    what = "simulator endpoint"
+    user_errors = (KnobError,)
+
     def __init__(self, endpoint: str, site, params_file: str = ""):
-        self.endpoint = endpoint
+        super().__init__(endpoint)
         self.site = site
         self.params_file = params_file
-        self._ctx = zmq.asyncio.Context.instance()
-        self._sock = None
-        self._task: asyncio.Task | None = None
         self.ready = False  # set once every simulated device listens
-
-    async def start(self) -> None:
-        self._sock = self._ctx.socket(zmq.ROUTER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_BYTES)
-        try:
-            self._sock.bind(self.endpoint)
-        except zmq.ZMQError as exc:
-            self._sock.close()
-            self._sock = None
-            raise OSError(f"cannot listen on simulator endpoint {self.endpoint}: {exc}") from None
-        self._task = asyncio.create_task(self._serve(), name="sim-endpoint")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
-
-    async def _serve(self) -> None:
-        while True:
-            frames = await self._sock.recv_multipart()
-            try:
-                request = json.loads(frames[-1])
-            except ValueError as exc:
-                reply = {"ok": False, "error": f"request is not valid JSON: {exc}"}
-            else:
-                try:
-                    reply = await self.handle(request)
-                except KnobError as exc:
-                    reply = {"ok": False, "error": str(exc)}
-                except Exception as exc:  # every request gets an answer
-                    log.exception("simulator request failed")
-                    reply = {"ok": False, "error": f"internal error: {exc}"}
-            await self._sock.send_multipart([frames[0], b"", json.dumps(reply, default=str).encode()])
 
     async def handle(self, request) -> dict:
         if not isinstance(request, dict):
@@ -124,18 +81,5 @@ class SimUnreachable(Exception):
 
 def sim_request(endpoint: str, payload: dict, timeout_s: float = 2.0) -> dict:
     """Send one request to a simulator process and return its reply (blocking, for the CLI)."""
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        try:
-            sock.connect(endpoint)
-        except zmq.ZMQError as exc:
-            raise SimUnreachable(f"cannot use endpoint {endpoint!r}: {exc} (expected tcp://HOST:PORT or ipc://PATH)") from None
-        sock.send(json.dumps(payload).encode())
-        if not sock.poll(int(timeout_s * 1000)):
-            raise SimUnreachable(f"simulator at {endpoint} did not answer within {timeout_s:g} s "
-                                 "(is it running? scripts/run-sim starts it)")
-        return json.loads(sock.recv())
-    finally:
-        sock.close(linger=0)
+    return ask(endpoint, payload, timeout_s, SimUnreachable,
+               "simulator at {endpoint} did not answer within {timeout_s:g} s (is it running? scripts/run-sim starts it)")
