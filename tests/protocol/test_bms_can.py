@@ -83,6 +83,7 @@ async def test_commands_reach_the_plant_and_are_read_back(rig_factory):
     assert "BMS_CMD_NOT_APPLIED" not in rig.codes()
 
 
+@pytest.mark.slow
 async def test_command_not_carried_out_is_an_issue(rig_factory):
     rig = await rig_factory("bess_sim", racks=1)
     rig.sim.ignore_commands = True

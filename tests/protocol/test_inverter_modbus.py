@@ -155,6 +155,7 @@ async def test_silence_is_comm_lost_and_the_reading_goes_stale(model):
         await async_wait_until(lambda: r.drv.latest().t > t, what="fresh readings again")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 async def test_slow_answers_time_out_and_a_dropped_link_reconnects(model):
     async with rig(model) as r:
