@@ -6,6 +6,11 @@ status and a detail that says what was actually done; the decision rules
 (`control.decide`) make that true in the same cycle (an e-stop is 0 W with the
 contactors open at once, whatever else is going on).
 
+Commands are routed by their scope: a node-scope command is carried out here; a
+cluster-scope command (a mode change, a cluster target) is handed to the cluster
+service when one is plugged in (`cluster_handler`, same signature as a handler:
+it puts the change through the Raft log), and rejected with the reason otherwise.
+
 Power requests are not kept here: a `set_power` command writes the setpoint
 source of its edge (CLI → local, SCADA → scada, cloud → cloud), and the
 arbiter decides each cycle which source owns the setpoint.
@@ -34,6 +39,7 @@ SOURCE_OF_EDGE = {"cli": LOCAL, "ui": LOCAL, "test": LOCAL, "scada": SCADA, "clo
 class CommandExecutor:
     def __init__(self, node: "Node"):
         self.node = node
+        self.cluster_handler = None  # set by the cluster service: (command, image) -> (status, detail, result)
         self.handlers = {
             "set_power": self.set_power,
             "set_state": self.set_state,
@@ -44,9 +50,11 @@ class CommandExecutor:
 
     def run(self, commands, image: "ProcessImage") -> None:
         for cmd in commands:
-            handler = self.handlers.get(cmd.type)
+            handler = self.handlers.get(cmd.type) if cmd.scope == "node" else self.cluster_handler
             try:
-                if handler is None:
+                if handler is None and cmd.scope == "cluster":
+                    status, detail, result = REJECTED, f"{cmd.type} is a cluster command: this node runs no cluster service", {}
+                elif handler is None:
                     status, detail, result = REJECTED, f"command type {cmd.type!r} is not handled by the node", {}
                 else:
                     status, detail, result = handler(cmd, image)

@@ -326,3 +326,19 @@ def test_a_stalled_cycle_does_not_jump_the_ramp(make_params):
     r.clock.advance(2.0)  # the process stalled for 2 s (swap, a slow disk)
     r.run(r.period)
     assert r.node.setpoint_w - before == pytest.approx(1000 * r.period)
+
+
+def test_cluster_scope_commands_go_to_the_cluster_service_or_are_refused(rig):
+    from types import SimpleNamespace
+
+    from sitecontroller.commands import DONE
+
+    executor = rig.node.executor
+    cmd = SimpleNamespace(id="c1", type="set_mode", scope="cluster")
+    finished = []
+    rig.node.commands.finish = lambda c, status, detail, **result: finished.append((status, detail))
+    executor.run([cmd], rig.node.image)
+    assert finished[-1][0] == "rejected" and "no cluster service" in finished[-1][1]
+    executor.cluster_handler = lambda c, image: (DONE, "through the Raft log", {})
+    executor.run([cmd], rig.node.image)
+    assert finished[-1] == (DONE, "through the Raft log")
