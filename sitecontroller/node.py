@@ -50,7 +50,8 @@ class Node:
         self.executor = CommandExecutor(self)
         self.stop = OrderlyStop()
         safety = params.safety
-        self.follow = FollowMonitor(safety.follow_tolerance_w, safety.follow_tolerance_frac, safety.follow_s)
+        self.follow = FollowMonitor(safety.follow_tolerance_w, safety.follow_tolerance_frac, safety.follow_s,
+                                    safety.follow_lag_s)
         self.rated_w = params.devices.inverter.rated_w
         self._idle_w = max(100.0, 0.02 * self.rated_w)  # battery power below this counts as idle
         self._uncontrolled_since: float | None = None
@@ -148,7 +149,9 @@ class Node:
         ))
         prev = self.decision
         commanded = None if prev is None else (prev.setpoint_w if prev.inverter_run else 0.0)
-        self.errors.sync("follow", self.follow.check(now, image, commanded))
+        # INV_WRITE_FAILED: the inverter family's issue for a refused or unconfirmed write
+        write_failing = self.errors.is_active("INV_WRITE_FAILED")
+        self.errors.sync("follow", self.follow.check(now, image, commanded, write_failing))
 
     def _fault_if_critical(self) -> bool:
         blocker = self.errors.run_blocker()

@@ -54,6 +54,7 @@ class SafetyParams(Strict):
         5.0, gt=0, le=60,
         description="more power than commanded (or the other direction) this long: critical INV_NOT_FOLLOWING",
     )
+    follow_lag_s: float = Field(2.0, ge=0, le=30, description="the inverter may still follow commands this old")
 
     @model_validator(mode="after")
     def _ordered(self):

@@ -10,19 +10,27 @@ the previous cycle:
 - `battery`    the BMS pack power (a second opinion that does not trust the inverter);
 - `read-back`  the setpoint the inverter reports back, where its profile has one.
 
-The tolerance is `tolerance_w + tolerance_frac × |commanded|` (conversion losses
-grow with power: the battery's DC power differs from the AC setpoint by them).
-The *allowed band* is [min(0, commanded) − tolerance, max(0, commanded) + tolerance]:
+An inverter answers a new setpoint after a lag (1–2 s is common), so each
+measure is compared with *every* command of the last `lag_s` seconds: the
+measure may be anywhere between the lowest and the highest of them. The
+tolerance is `tolerance_w + tolerance_frac × |command|` (conversion losses grow
+with power: the battery's DC power differs from the AC setpoint by them).
+
+The *allowed band* reaches from 0 W to the commands, widened by the tolerance:
 less power in the commanded direction is allowed (a derating inverter is not
 dangerous), more, or power in the other direction, is not. A measure outside
 the band for longer than `limit_s` is the critical `INV_NOT_FOLLOWING`
-(contactors open, state `error`). A measure that stays more than the
-tolerance short of the command for that long is the warning
-`INV_UNDERDELIVERING`. The timers reset as soon as the measure is back in range.
+(contactors open, state `error`), and so are writes that keep failing for that
+long (`write_failing`: the inverter refuses every setpoint). A measure that
+stays more than the tolerance short of the commands for that long is the
+warning `INV_UNDERDELIVERING`. The timers reset as soon as all is back in range.
 
-Stateful only in its two timers; `now` is passed in, so it is pure in time.
+Stateful only in its timers and its window of recent commands; `now` is passed
+in, so it is pure in time.
 """
 from __future__ import annotations
+
+from collections import deque
 
 from ..process_image import ProcessImage
 
@@ -30,22 +38,32 @@ NOT_FOLLOWING, UNDERDELIVERING = "INV_NOT_FOLLOWING", "INV_UNDERDELIVERING"
 
 
 class FollowMonitor:
-    def __init__(self, tolerance_w: float, tolerance_frac: float, limit_s: float):
+    def __init__(self, tolerance_w: float, tolerance_frac: float, limit_s: float, lag_s: float):
         self.tolerance_w = tolerance_w
         self.tolerance_frac = tolerance_frac
         self.limit_s = limit_s
+        self.lag_s = lag_s
+        self._recent: deque[tuple[float, float]] = deque()  # (time, command) of the last lag_s
         self._over_since: float | None = None
         self._under_since: float | None = None
+        self._failing_since: float | None = None
 
     def reset(self) -> None:
-        self._over_since = self._under_since = None
+        self._over_since = self._under_since = self._failing_since = None
+        self._recent.clear()
 
-    def check(self, now: float, image: ProcessImage, commanded_w: float | None) -> dict[str, str]:
+    def check(self, now: float, image: ProcessImage, commanded_w: float | None,
+              write_failing: bool = False) -> dict[str, str]:
         """Errors present (code -> text). `commanded_w`: what the inverter was told last
         cycle (0 W when it was told to stop); None before the first command."""
         if commanded_w is None:
             self.reset()
             return {}
+        self._recent.append((now, commanded_w))
+        while now - self._recent[0][0] > self.lag_s:
+            self._recent.popleft()
+        low = min(c for _, c in self._recent)
+        high = max(c for _, c in self._recent)
         measures = {}
         if image.inverter is not None:
             measures["inverter"] = image.inverter.p_w
@@ -53,23 +71,37 @@ class FollowMonitor:
                 measures["read-back"] = image.inverter.setpoint_p_w
         if image.bms is not None:
             measures["battery"] = image.bms.pack_w
-        tol = self.tolerance_w + self.tolerance_frac * abs(commanded_w)
-        lo, hi = min(0.0, commanded_w) - tol, max(0.0, commanded_w) + tol
+        tol = self.tolerance_w + self.tolerance_frac * max(abs(low), abs(high))
+        lo, hi = min(0.0, low) - tol, max(0.0, high) + tol
         over = {k: v for k, v in measures.items() if not lo <= v <= hi}
-        under = {k: v for k, v in measures.items() if k != "read-back" and abs(v - commanded_w) > tol} if not over else {}
-        self._over_since = (self._over_since if self._over_since is not None else now) if over else None
-        self._under_since = (self._under_since if self._under_since is not None else now) if under else None
+        under = {} if over else {k: v for k, v in measures.items()
+                                 if k != "read-back" and not low - tol <= v <= high + tol}
+        self._over_since = _since(self._over_since, now, bool(over))
+        self._under_since = _since(self._under_since, now, bool(under))
+        self._failing_since = _since(self._failing_since, now, write_failing)
         out = {}
         if over and now - self._over_since >= self.limit_s:
             out[NOT_FOLLOWING] = (
                 f"{_describe(over)} while {commanded_w:.0f} W is commanded, for {now - self._over_since:.1f} s "
                 f"(allowed {lo:.0f}..{hi:.0f} W): the inverter does not follow; opening contactors"
             )
+        elif write_failing and now - self._failing_since >= self.limit_s:
+            out[NOT_FOLLOWING] = (
+                f"every write to the inverter has failed for {now - self._failing_since:.1f} s: "
+                "it cannot be controlled; opening contactors"
+            )
         if under and now - self._under_since >= self.limit_s:
             out[UNDERDELIVERING] = (
                 f"{_describe(under)} while {commanded_w:.0f} W is commanded, for {now - self._under_since:.1f} s"
             )
         return out
+
+
+def _since(since: float | None, now: float, condition: bool) -> float | None:
+    """When a condition that holds now began (None while it does not hold)."""
+    if not condition:
+        return None
+    return now if since is None else since
 
 
 def _describe(measures: dict[str, float]) -> str:

@@ -13,9 +13,11 @@ Invariants, each checked on every cycle of every sequence:
       undone by a later one in the same cycle.
 """
 import random
+from collections import deque
 
 import pytest
 
+from sitecontroller.drivers.base import DeviceIssue
 from tests.unit.test_node import Rig
 
 SEEDS = range(24)
@@ -27,15 +29,24 @@ ERROR_CODES = ["ESTOP", "CELL_OVERVOLTAGE", "CELL_OVERTEMP", "BMS_STALE", "INV_N
 class FaultyRig(Rig):
     """The rig with fault switches that act on the plant and the in-process drivers."""
 
-    def __init__(self, params):
+    def __init__(self, params, lag_cycles=0):
         super().__init__(params)
-        self._command = self.devices.inverter.command
-        self.devices.inverter.command = self._inverter_command
-        self.ignores_writes = False
+        inverter = self.devices.inverter
+        self._command, self._issues = inverter.command, inverter.issues
+        inverter.command, inverter.issues = self._inverter_command, self._inverter_issues
+        self.ignores_writes = False  # it answers polls but ignores every write
+        self.refuses_writes = False  # it refuses every write, and its driver says so
+        self._late = deque(maxlen=lag_cycles + 1)  # an inverter that answers a command lag_cycles late
 
     def _inverter_command(self, cmd):
-        if not self.ignores_writes:  # an inverter that answers polls but ignores every write
-            self._command(cmd)
+        if self.ignores_writes or self.refuses_writes:
+            return
+        self._late.append(cmd)
+        self._command(self._late[0])
+
+    def _inverter_issues(self):
+        refused = [DeviceIssue("INV_WRITE_FAILED", "the inverter refused the write")] if self.refuses_writes else []
+        return self._issues() + refused
 
     def fault(self, name, on):
         b, inv = self.plant.battery, self.plant.inverter
@@ -154,11 +165,38 @@ def test_an_inverter_that_ignores_writes_is_critical_and_the_contactors_open(mak
     rig.command(type="set_power", p_w=0, hold_s=600)  # the node now asks for 0 W; the inverter keeps 3 kW
     follow_s = rig.params.safety.follow_s
     took = rig.run_until(lambda: "INV_NOT_FOLLOWING" in rig.error_ids, follow_s + 2, "INV_NOT_FOLLOWING")
-    assert follow_s <= took <= follow_s + 3 * rig.period
+    lag_s = rig.params.safety.follow_lag_s  # the stop's 0 W may still be on its way for this long
+    assert follow_s + lag_s - rig.period <= took <= follow_s + lag_s + 3 * rig.period
     rig.run(0.2)
     assert rig.node.states.state == "error"
     assert rig.node.decision.contactor_closed is False and rig.plant.battery.contactor_closed is False
     assert rig.plant.inverter.p_w == 0.0  # with the contactors open the inverter has nothing to draw from
+
+
+def test_an_inverter_that_refuses_every_write_is_critical(make_params):
+    rig = FaultyRig(make_params())
+    rig.run(0.2)
+    rig.refuses_writes = True  # it stays at 0 W: less than asked is only a warning, but the node cannot control it
+    rig.command(type="set_power", p_w=3000, hold_s=600)
+    follow_s = rig.params.safety.follow_s
+    took = rig.run_until(lambda: "INV_NOT_FOLLOWING" in rig.error_ids, follow_s + 2, "INV_NOT_FOLLOWING")
+    assert took <= follow_s + 3 * rig.period
+    rig.run(0.2)
+    assert rig.node.states.state == "error" and rig.plant.battery.contactor_closed is False
+
+
+def test_a_lagging_inverter_ramping_down_raises_no_follow_error(make_params):
+    """1.5 s late on every command, down from 5 kW at 500 W/s: always 750 W above the ramp, never an error."""
+    rig = FaultyRig(make_params(safety={"ramp_w_per_s": 500}), lag_cycles=15)
+    rig.run(0.2)
+    rig.command(type="set_power", p_w=5000, hold_s=600)
+    rig.run(15)
+    assert rig.plant.inverter.p_w == pytest.approx(5000)
+    rig.command(type="set_power", p_w=0, hold_s=600)
+    for _ in range(150):
+        rig.run(rig.period)
+        assert not {"INV_NOT_FOLLOWING", "INV_UNDERDELIVERING"} & rig.error_ids
+    assert rig.plant.inverter.p_w == pytest.approx(0) and rig.node.states.state == "run"
 
 
 def test_an_inverter_that_delivers_less_than_asked_is_a_warning(make_params):
@@ -166,7 +204,8 @@ def test_an_inverter_that_delivers_less_than_asked_is_a_warning(make_params):
     rig.run(0.2)
     rig.plant.inverter.rated_w = 2000  # derated: it can do 2 kW of the 3 kW asked
     rig.command(type="set_power", p_w=3000, hold_s=600)
-    rig.run(rig.params.safety.follow_s + 1.5)
+    safety = rig.params.safety
+    rig.run(safety.follow_lag_s + safety.follow_s + 1.5)  # the ramp's lower commands leave the window first
     assert "INV_UNDERDELIVERING" in rig.error_ids and "INV_NOT_FOLLOWING" not in rig.error_ids
     assert rig.node.states.state == "run"
 
