@@ -18,11 +18,12 @@ arbiter decides each cycle which source owns the setpoint.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from . import limits as limiter
 from .commands import DONE, FAILED, REJECTED
-from .control import arbitrate, limits_for
+from .control import decide
 from .control.arbiter import accepts
 from .control.sources import CLOUD, CLUSTER, LOCAL, SCADA
 
@@ -79,16 +80,21 @@ class CommandExecutor:
             return REJECTED, f"p_w {cmd.p_w:.0f} W outside the inverter rating ±{rated:.0f} W", {}
         hold = cmd.hold_s or node.params.staleness.setpoint_s
         now = node.clock.monotonic()
-        reading = node.sources[source].put(cmd.p_w, now, valid_s=hold, origin=f"command {cmd.id}")
-        winner = arbitrate(node.mode, {**image.setpoints, source: reading})
+        node.sources[source].put(cmd.p_w, now, valid_s=hold, origin=f"command {cmd.id}")
         detail = f"request {cmd.p_w:.0f} W for {hold:g} s"
-        if winner.source != source:
-            detail += f"; not applied now: {winner.source} outranks {source} in {node.mode} mode"
-            return DONE, detail, {"requested_w": cmd.p_w, "applied_w": None, "hold_s": hold, "source": source}
-        applied, reason = limiter.clamp(cmd.p_w, limits_for(image, node.params, rated))
+        result = {"requested_w": cmd.p_w, "applied_w": None, "hold_s": hold, "source": source}
+        # What this cycle's decision will do with it: the same rules over the same sources
+        # (responses left out: they may keep state, and the ack is about the base setpoint).
+        fresh, _ = node.sources.freeze(now)
+        preview = decide(replace(node.control_input(replace(image, setpoints=fresh)), responses=()))
+        if preview.source is not None and preview.source != source:
+            return DONE, detail + f"; not applied now: {preview.source} outranks {source} in {node.mode} mode", result
+        if preview.source is None:
+            return DONE, detail + f"; not applied now: {preview.note}", result
+        applied, reason = limiter.clamp(cmd.p_w, preview.limits)
         if reason:
             detail += f"; clamped: {reason}"
-        return DONE, detail, {"requested_w": cmd.p_w, "applied_w": applied, "hold_s": hold, "source": source}
+        return DONE, detail, {**result, "applied_w": applied}
 
     def set_state(self, cmd, image):
         states = self.node.states

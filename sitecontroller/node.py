@@ -93,9 +93,9 @@ class Node:
             log.warning("%s setpoint expired: %s", name, self.sources[name].latest().origin or "no origin")
             self.sources[name].withdraw()
         self.image = image = replace(image, setpoints=fresh, setpoints_expired=expired)
-        self._write(control.decide(self._control_input(image)))
+        self._write(control.decide(self.control_input(image)))
 
-    def _control_input(self, image: ProcessImage) -> ControlInput:
+    def control_input(self, image: ProcessImage) -> ControlInput:
         prev = self.decision
         # The base ramps from its own last value; a stop ramps the whole setpoint (responses included) down.
         prev_base = (prev.setpoint_w if self.stop.phase else prev.base_w) if prev else 0.0

@@ -342,3 +342,24 @@ def test_cluster_scope_commands_go_to_the_cluster_service_or_are_refused(rig):
     executor.cluster_handler = lambda c, image: (DONE, "through the Raft log", {})
     executor.run([cmd], rig.node.image)
     assert finished[-1] == (DONE, "through the Raft log")
+
+
+def test_a_set_power_ack_says_when_a_higher_source_owns_the_setpoint(rig):
+    """The ack is decided over the sources as the cycle will see them, not last cycle's image."""
+    rig.run(0.2)
+    assert rig.command(type="set_power", p_w=1000, hold_s=600).result["applied_w"] == 1000  # local (CLI)
+    ack = rig.command(type="set_power", p_w=2500, hold_s=600, source="scada")
+    assert ack.status == "done" and ack.result["applied_w"] is None, ack
+    assert "not applied now: local outranks scada" in ack.detail
+    rig.run(1.0)
+    assert rig.node.decision.source == "local" and rig.plant.inverter.p_w == pytest.approx(1000)
+
+
+def test_a_set_power_ack_says_when_no_power_can_flow_now(rig):
+    rig.run(0.2)
+    rig.devices.inverter.silent = True  # its readings go stale: the decision holds 0 W
+    rig.run(rig.params.staleness.inverter_s + 0.5)
+    ack = rig.command(type="set_power", p_w=2000, hold_s=600)
+    assert ack.status == "done" and ack.result["applied_w"] is None, ack
+    assert "not applied now: no fresh inverter data" in ack.detail
+    assert rig.node.decision.setpoint_w == 0.0

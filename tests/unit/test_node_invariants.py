@@ -8,7 +8,8 @@ Invariants, each checked on every cycle of every sequence:
   I3  the setpoint never leaves the limiter's window;
   I4  every acknowledgement tells what was actually done in the cycle that executed it
       (e-stop: 0 W and contactors open; state change: the node is in that state;
-      restart: the node is stopping; acknowledge: the error is no longer latched) —
+      restart: the node is stopping; acknowledge: the error is no longer latched;
+      set_power: its source owns the setpoint exactly when the ack says it is applied) —
       checked for the last command of each cycle, since an earlier one may rightly be
       undone by a later one in the same cycle.
 """
@@ -91,6 +92,9 @@ def check_cycle(rig, acks, where):
             continue
         if raw["type"] == "estop" and raw["engaged"]:
             assert (d.setpoint_w, d.inverter_run, d.contactor_closed) == (0.0, False, False), (where, ack, d)
+        elif raw["type"] == "set_power":  # applied: its source owns the setpoint now; not applied: it does not
+            applied = ack.result["applied_w"] is not None
+            assert (d.source == ack.result["source"]) == applied, (where, ack, d)
         elif raw["type"] == "set_state":
             assert node.states.state == raw["target"], (where, ack, node.states.state)
         elif raw["type"] == "restart":
