@@ -133,4 +133,6 @@ class CommandExecutor:
         critical = node.errors.run_blocker()
         if critical:
             return DONE, f"orderly {trigger}: 0 W and contactors stay open ({critical}), then exiting", {}
+        if node.stop.keep_open:
+            return DONE, f"orderly {trigger}: 0 W and contactors stay open (they were open), then exiting", {}
         return DONE, f"orderly {trigger}: ramping to 0 W, inverter off, contactors open, then exiting", {}

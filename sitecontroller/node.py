@@ -102,7 +102,8 @@ class Node:
         return ControlInput(
             image=image, state=self.states.state, mode=self.mode, critical=self.errors.run_blocker(),
             prev_base_w=prev_base, dt_s=self.params.cycle.period_s, params=self.params, rated_w=self.rated_w,
-            stop_phase=self.stop.phase, stop_ramp_w_per_s=self.stop.ramp_w_per_s, responses=self.responses,
+            stop_phase=self.stop.phase, stop_ramp_w_per_s=self.stop.ramp_w_per_s,
+            stop_keep_open=self.stop.keep_open, responses=self.responses,
         )
 
     def _write(self, decision: Decision) -> None:
@@ -111,8 +112,10 @@ class Node:
         self.devices.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
 
     def begin_stop(self) -> None:
-        """Start an orderly stop: ramp to 0 W within about STOP_RAMP_S, linearly."""
-        if self.stop.begin(self.setpoint_w, self.params.safety.ramp_w_per_s):
+        """Start an orderly stop: ramp to 0 W within about STOP_RAMP_S, linearly. Contactors
+        that are open now (state error, before the first cycle) stay open to the end."""
+        contactors_open = self.decision is None or not self.decision.contactor_closed
+        if self.stop.begin(self.setpoint_w, self.params.safety.ramp_w_per_s, contactors_open=contactors_open):
             self.sources.withdraw_all()
 
     def _fail_safe(self, exc: Exception) -> None:

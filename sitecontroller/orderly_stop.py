@@ -21,14 +21,19 @@ class OrderlyStop:
     def __init__(self):
         self.phase: str | None = None
         self.ramp_w_per_s: float | None = None
+        self.keep_open = False  # the contactors were open when the stop began: no phase closes them
 
-    def begin(self, setpoint_w: float, ramp_w_per_s: float) -> bool:
+    def begin(self, setpoint_w: float, ramp_w_per_s: float, *, contactors_open: bool) -> bool:
         """Start ramping to 0 W, linearly within about STOP_RAMP_S. False if already stopping."""
         if self.phase is not None:
             return False
         self.phase = "ramp"
+        self.keep_open = contactors_open
         self.ramp_w_per_s = max(ramp_w_per_s, abs(setpoint_w) / STOP_RAMP_S)
-        log.info("orderly stop: ramping %.0f W to 0 W at %.0f W/s", setpoint_w, self.ramp_w_per_s)
+        if contactors_open:
+            log.info("orderly stop: contactors are open and stay open")
+        else:
+            log.info("orderly stop: ramping %.0f W to 0 W at %.0f W/s", setpoint_w, self.ramp_w_per_s)
         return True
 
     def advance(self, phase: str) -> None:

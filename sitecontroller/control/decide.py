@@ -5,7 +5,8 @@ Rules, first match wins, so safety is decided before anything else:
 1. a critical error is listed (active, or not yet acknowledged): 0 W, inverter
    off, contactors open — in every state, orderly stops included;
 2. state `error`: the same;
-3. an orderly stop past its ramp: inverter off ("off"), then contactors open ("open");
+3. an orderly stop that began with the contactors open (from `error`): they stay
+   open; past its ramp: inverter off ("off"), then contactors open ("open");
 4. a state that may not exchange power: 0 W, inverter off;
 5. no fresh BMS or inverter data, or an inverter fault: 0 W, inverter off;
 6. power: the arbiter picks the source that owns the base setpoint; the base
@@ -44,6 +45,7 @@ class ControlInput:
     rated_w: float
     stop_phase: str | None = None  # orderly stop: "ramp" -> "off" -> "open"
     stop_ramp_w_per_s: float | None = None
+    stop_keep_open: bool = False  # the stop began with the contactors open: they stay open
     responses: tuple[Response, ...] = ()
 
 
@@ -85,6 +87,8 @@ def decide(inp: ControlInput) -> Decision:
                         **{**flags, "balancing": False, "bms_sleep": False})
     if state == "error":
         return hold_zero("state error: 0 W, inverter off, contactors open", contactors=False)
+    if stopping and inp.stop_keep_open:
+        return hold_zero("stopping: 0 W, inverter off, contactors stay open", contactors=False)
     if inp.stop_phase == "open":
         return hold_zero("stopped: inverter off, contactors open", contactors=False)
     if inp.stop_phase == "off":
