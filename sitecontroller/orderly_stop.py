@@ -55,6 +55,10 @@ async def drive(node, clock, budget_s: float, flush_s: float = 0.2) -> None:
             break
         await clock.sleep_until(clock.monotonic() + period)
     for phase in ("off", "open"):
+        inv = node.image.inverter if node.image else None
+        if phase == "open" and inv is not None and abs(inv.p_w) >= idle_w and not node.stop.keep_open:
+            log.error("opening the contactors while the inverter still carries %.0f W: "
+                      "it did not ramp down within the %.1f s stop budget", inv.p_w, budget_s)
         node.stop.advance(phase)
         node.step()
         results = await asyncio.gather(*(d.flush(flush_s) for d in node.devices.all()), return_exceptions=True)

@@ -31,7 +31,8 @@ from .writer import BackgroundWriter
 log = logging.getLogger("sitecontroller")
 
 STOP_BUDGET_S = 1.5  # SIGTERM to exit must stay within 2 s
-CLOSE_BUDGET_S = 2.0  # a service or driver that does not close in this long is abandoned (logged)
+CLOSE_BUDGET_S = 1.0  # a service or driver that does not close in this long is abandoned (logged)
+FLUSH_BUDGET_S = 0.5  # the audit log's and the error file's last writes
 
 
 class Service(Protocol):
@@ -74,23 +75,26 @@ class NodeRuntime:
     async def stop(self, budget_s: float = STOP_BUDGET_S) -> int:
         """The orderly stop; returns the process exit status (0, or restart/reboot codes)."""
         self.stopping.set()
+        stopped = self._cycles is None  # a node that never cycled has nothing to stop
         try:
             if self._cycles is not None:
                 await asyncio.gather(self._cycles, return_exceptions=True)  # ends at its next deadline
                 await orderly_stop.drive(self.node, self.clock, budget_s)
+                stopped = True
         finally:
             if self._watch is not None:
                 self._watch.cancel()
             for service in reversed(self.services):
                 await _bounded_close(service, type(service).__name__)
-            for driver in self.devices.all():
-                await _bounded_close(driver, f"{driver.kind} driver")
-            self.node.commands.close()  # anything still queued: failed, interrupted
-            self.node.errors.close()
+            await asyncio.gather(*(_bounded_close(d, f"{d.kind} driver") for d in self.devices.all()))
+            self.node.commands.close(FLUSH_BUDGET_S)  # anything still queued: failed, interrupted
+            self.node.errors.close(FLUSH_BUDGET_S)
             if self.writer is not None and not self.writer.close(CLOSE_BUDGET_S):
                 log.error("state files: writes still pending after %.1f s were lost", CLOSE_BUDGET_S)
-            if self.marker is not None:
+            if self.marker is not None and stopped:
                 self.marker.clean_exit()  # last: only a stop that got this far is clean
+            elif self.marker is not None:
+                log.error("the orderly stop did not finish: the next start reports UNCLEAN_EXIT")
             self.exited.set()
         return self.node.exit_requested or 0
 
@@ -105,9 +109,12 @@ class NodeRuntime:
 
 
 async def _bounded_close(thing, what: str) -> None:
-    try:
-        await asyncio.wait_for(thing.close(), CLOSE_BUDGET_S)
-    except asyncio.TimeoutError:
+    """Close `thing` within CLOSE_BUDGET_S; past that it is cancelled and abandoned, never
+    awaited again (a close that swallows its cancellation cannot hold the exit)."""
+    task = asyncio.ensure_future(thing.close())
+    done, _ = await asyncio.wait({task}, timeout=CLOSE_BUDGET_S)
+    if not done:
+        task.cancel()
         log.error("%s did not close within %.1f s: abandoned", what, CLOSE_BUDGET_S)
-    except Exception:
-        log.exception("%s failed to close", what)
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("%s failed to close: %r", what, task.exception(), exc_info=task.exception())

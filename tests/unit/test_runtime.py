@@ -6,6 +6,7 @@ import os
 import pytest
 
 from sitecontroller.drivers.factory import make_devices
+from sitecontroller import runtime as runtime_module
 from sitecontroller.runtime import NodeRuntime
 from sitecontroller.sim.plant import Plant
 from sitecontroller.vtime import VirtualClock
@@ -95,3 +96,57 @@ async def test_status_reports_pid_source_setpoint_and_the_contactors_as_the_bms_
     assert status["contactors_closed"] is True and status["setpoints"]["local"]["p_w"] == 1500.0
     await rt.stop()
     assert rt.node.status()["setpoint_source"] is None
+
+
+class Stubborn(Service):
+    """A service whose close hangs and swallows its cancellation until released."""
+
+    def __init__(self, log):
+        super().__init__("stubborn", log)
+        self.release = asyncio.Event()
+
+    async def close(self):
+        while not self.release.is_set():
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.log.append("cancel swallowed")
+
+
+async def test_a_service_that_does_not_close_is_abandoned_within_its_budget(make_params, caplog):
+    log = []
+    stubborn = None
+
+    def factory(node):
+        nonlocal stubborn
+        stubborn = Stubborn(log)
+        return stubborn
+
+    rt, plant, clock = runtime(make_params(), [factory])
+    await rt.start()
+    await stepping(plant, clock, 0.1, 0.5)
+    t0 = clock.monotonic()
+    assert await rt.stop() == 0
+    assert clock.monotonic() - t0 <= 1.5 + runtime_module.CLOSE_BUDGET_S + 0.1
+    assert "cancel swallowed" in log and "Stubborn did not close within" in caplog.text
+    assert plant.battery.contactor_closed is False
+    stubborn.release.set()  # let the abandoned task end before the loop closes
+    await asyncio.sleep(0)
+
+
+async def test_a_stop_that_does_not_finish_is_reported_at_the_next_start(make_params, monkeypatch):
+    params = make_params()
+    first, _, _ = runtime(params)
+    await first.start()
+
+    async def broken_drive(*args):
+        raise RuntimeError("stop step failed")
+
+    monkeypatch.setattr(runtime_module.orderly_stop, "drive", broken_drive)
+    with pytest.raises(RuntimeError):
+        await first.stop()
+    monkeypatch.undo()
+    second, _, _ = runtime(params)
+    await second.start()
+    assert second.node.errors.is_active("UNCLEAN_EXIT")
+    await second.stop()
