@@ -1,0 +1,157 @@
+"""The cluster data plane: node status and leader dispatch over ZeroMQ PUB/SUB with CurveZMQ.
+
+Each node binds one PUB socket at its member `data` address and publishes on it:
+its own status every cycle (`status` topic) and, while it leads, the dispatch
+(`dispatch` topic). It subscribes to every other member's PUB. So a status or a
+dispatch travels one hop, and a dead node costs nothing but its silence.
+
+CurveZMQ: the PUB is a CURVE server; ZAP lets in only subscribers whose public key
+is a member's (`AllowedKeys`: a refused key is counted and logged once per key).
+A SUB is a CURVE client that accepts only the member's own server key, so a
+stranger can neither listen nor pose as a member. Messages are JSON validated by
+`messages.decode`; anything that does not validate is dropped and counted.
+
+Runs on the node's asyncio loop (`zmq.asyncio`), with its own ZeroMQ context and
+authenticator, apart from the Raft transport's thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zmq
+import zmq.asyncio
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from .messages import DISPATCH, STATUS, DispatchMessage, StatusMessage, decode
+
+log = logging.getLogger("mastercontroller.dataplane")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    node_id: str
+    data: str  # "host:port" of its PUB
+    public_key: str  # Z85
+
+
+class AllowedKeys:
+    """ZAP credentials provider: members' public keys only; each refused key logged once."""
+
+    def __init__(self, keys, what: str):
+        self.keys = set(keys)
+        self.what = what
+        self.refused: Counter[str] = Counter()
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        text = key.decode(errors="replace")
+        if text in self.keys:
+            return True
+        if not self.refused[text]:
+            log.warning("%s: refused a peer with public key %s: not a cluster member", self.what, text)
+        self.refused[text] += 1
+        return False
+
+
+def tcp(address: str) -> str:
+    return address if "://" in address else f"tcp://{address}"
+
+
+class DataPlane:
+    def __init__(self, self_id: str, bind: str, peers: list[Peer], *, public_key: str, secret_key: str,
+                 on_status: Callable[[StatusMessage], None], on_dispatch: Callable[[DispatchMessage], None]):
+        self.self_id = self_id
+        self.bind = bind
+        self.peers = {p.node_id: p for p in peers if p.node_id != self_id}
+        self._public, self._secret = public_key.encode(), secret_key.encode()
+        self.on_status, self.on_dispatch = on_status, on_dispatch
+        self.allowed = AllowedKeys([p.public_key for p in peers], "data plane")
+        self.dropped: Counter[str] = Counter()
+        self._ctx: zmq.asyncio.Context | None = None
+        self._auth: AsyncioAuthenticator | None = None
+        self._pub: zmq.asyncio.Socket | None = None
+        self._subs: dict[str, zmq.asyncio.Socket] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    async def start(self) -> None:
+        self._ctx = zmq.asyncio.Context()
+        self._auth = AsyncioAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve_callback("*", credentials_provider=self.allowed)
+        pub = self._ctx.socket(zmq.PUB)
+        pub.curve_server, pub.curve_publickey, pub.curve_secretkey = True, self._public, self._secret
+        pub.linger, pub.sndhwm = 0, 100
+        pub.bind(tcp(self.bind))
+        self._pub = pub
+        for peer in self.peers.values():
+            self.connect(peer)
+
+    def connect(self, peer: Peer) -> None:
+        sub = self._ctx.socket(zmq.SUB)
+        sub.curve_serverkey = peer.public_key.encode()
+        sub.curve_publickey, sub.curve_secretkey = self._public, self._secret
+        sub.linger, sub.rcvhwm, sub.reconnect_ivl, sub.reconnect_ivl_max = 0, 100, 100, 1000
+        sub.setsockopt(zmq.SUBSCRIBE, STATUS)
+        sub.setsockopt(zmq.SUBSCRIBE, DISPATCH)
+        sub.connect(tcp(peer.data))
+        self.peers[peer.node_id] = peer
+        self._subs[peer.node_id] = sub
+        self._tasks[peer.node_id] = asyncio.create_task(self._receive(peer.node_id, sub), name=f"sub-{peer.node_id}")
+
+    async def disconnect(self, node_id: str) -> None:
+        task, sub = self._tasks.pop(node_id, None), self._subs.pop(node_id, None)
+        self.peers.pop(node_id, None)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if sub is not None:
+            sub.close(0)
+
+    def publish(self, msg: StatusMessage | DispatchMessage) -> None:
+        """Never blocks: a full queue (a slow subscriber) drops the message."""
+        if self._pub is None:
+            return
+        topic = STATUS if isinstance(msg, StatusMessage) else DISPATCH
+        try:
+            self._pub.send_multipart([topic, msg.encode()], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self.dropped["send queue full"] += 1
+
+    async def _receive(self, node_id: str, sub: zmq.asyncio.Socket) -> None:
+        while True:
+            frames = await sub.recv_multipart()
+            try:
+                if len(frames) != 2:
+                    raise ValueError(f"{len(frames)} frames")
+                msg = decode(frames[0], frames[1])
+            except ValueError as exc:
+                if not self.dropped[f"invalid from {node_id}"]:
+                    log.warning("data plane: dropping an invalid message from %s: %s", node_id, exc)
+                self.dropped[f"invalid from {node_id}"] += 1
+                continue
+            sender = msg.node_id if isinstance(msg, StatusMessage) else msg.leader
+            if sender != node_id:  # a member speaks only for itself
+                self.dropped[f"{node_id} spoke for {sender}"] += 1
+            elif isinstance(msg, StatusMessage):
+                self.on_status(msg)
+            else:
+                self.on_dispatch(msg)
+
+    async def close(self) -> None:
+        for node_id in list(self._subs):
+            await self.disconnect(node_id)
+        if self._pub is not None:
+            self._pub.close(0)
+            self._pub = None
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def stats(self) -> dict:
+        return {"refused_keys": sum(self.allowed.refused.values()), "dropped": dict(self.dropped)}

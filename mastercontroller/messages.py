@@ -1,0 +1,62 @@
+"""What nodes say to each other on the cluster data plane (DESIGN §5), as validated JSON.
+
+Two messages, each on its own ZeroMQ topic:
+
+- `status`   every node, every cycle: its state, SOC, usable energy, limits, power,
+  errors and local frequency; the leader builds the cluster process image from them.
+- `dispatch` the leader, every cycle: one setpoint per node, fenced by the Raft term
+  and a sequence number, valid for `valid_s` from the moment a node receives it.
+
+Raft's own messages are pickled by pysyncobj and travel on the consensus transport;
+nothing here is pickled. A message that does not validate is dropped and counted by
+the receiver: a peer may be a newer or a broken version, never a reason to crash.
+"""
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+STATUS, DISPATCH = b"status", b"dispatch"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class StatusMessage(_Message):
+    node_id: str
+    state: str
+    soc: float | None = Field(None, ge=0, le=1)
+    usable_wh: float = Field(..., ge=0)  # capacity × SOH
+    charge_w: float = Field(0.0, ge=0)  # the node's charge limit now
+    discharge_w: float = Field(0.0, ge=0)
+    p_w: float | None = None  # actual inverter power, positive = discharge
+    setpoint_w: float = 0.0
+    freq_hz: float | None = None
+    errors: tuple[str, ...] = ()  # listed error ids
+    term_seen: int = Field(0, ge=0)  # the highest dispatch term this node has seen
+
+
+class DispatchMessage(_Message):
+    leader: str
+    term: int = Field(..., ge=0)
+    seq: int = Field(..., ge=0)
+    valid_s: float = Field(..., gt=0, le=60)
+    target_w: float
+    unplaced_w: float = 0.0
+    setpoints: dict[str, float]
+
+
+def decode(topic: bytes, payload: bytes) -> StatusMessage | DispatchMessage:
+    """The message of a topic; ValueError with the reason when it does not validate."""
+    model = {STATUS: StatusMessage, DISPATCH: DispatchMessage}.get(topic)
+    if model is None:
+        raise ValueError(f"unknown topic {topic[:20]!r}")
+    try:
+        return model.model_validate(json.loads(payload))
+    except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"invalid {topic.decode(errors='replace')} message: {exc}") from None
