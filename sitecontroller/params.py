@@ -120,7 +120,10 @@ def _unwrap(annotation: Any) -> tuple[Any, bool]:
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section: `Model`, `Model | None`, or the items of `list[Model]`."""
     base, _ = _unwrap(annotation)
+    if get_origin(base) is list:
+        base = get_args(base)[0]
     return base if isinstance(base, type) and issubclass(base, BaseModel) else None
 
 
@@ -128,6 +131,7 @@ def _resolve(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, FieldInfo | 
     """The model owning the last key of `loc` and that key's field (None if not in the schema)."""
     owner: type[BaseModel] | None = SiteParams
     field: FieldInfo | None = None
+    loc = tuple(part for part in loc if not isinstance(part, int))  # list items: the item's model
     for i, part in enumerate(loc):
         if owner is None or not isinstance(part, str) or part not in owner.model_fields:
             return None, None

@@ -1,8 +1,8 @@
 """Which TCP sockets a parameter file names, and which of them clash.
 
-The control endpoint, the inverter, the meter and a BMS bus reached over TCP
-(python-can `slcan` with a `socket://HOST:PORT` channel) each need their own
-host:port. Used by `params.load` (check-params reports a clash) and by the
+The control endpoint, the inverter, the meter, a BMS bus reached over TCP
+(python-can `slcan` with a `socket://HOST:PORT` channel) and this node's own
+cluster sockets (Raft, data plane) each need their own host:port. Used by `params.load` (check-params reports a clash) and by the
 preflight checks (which of them this process will listen on).
 """
 from __future__ import annotations
@@ -40,6 +40,11 @@ def sockets(params) -> list[Socket]:
     m = re.fullmatch(r"socket://([^:/]+):(\d{1,5})", can.channel) if can is not None else None
     if m:
         out.append(Socket("$.devices.bms.can.channel", _host(m[1]), int(m[2])))
+    for i, member in enumerate(params.cluster.members):  # this node's own cluster sockets
+        if member.node_id == params.identity.node_id:
+            for key in ("raft", "data"):
+                host, port = getattr(member, key).rsplit(":", 1)
+                out.append(Socket(f"$.cluster.members[{i}].{key}", _host(host), int(port)))
     return out
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .drivers.bms.config import BmsConfig
 from .drivers.inverter.config import InverterConfig
@@ -153,6 +153,35 @@ class SimulationParams(Strict):
         return ControlParams._loopback_only(v)
 
 
+HOST_PORT = r"^[A-Za-z0-9.-]+:[0-9]{1,5}$"
+Z85_KEY = r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$"
+
+
+class ClusterMember(Strict):
+    node_id: str = Field(..., pattern=ID_PATTERN)
+    raft: str = Field(..., pattern=HOST_PORT, description="host:port of its Raft (consensus) socket")
+    data: str = Field(..., pattern=HOST_PORT, description="host:port of its status/dispatch publisher")
+    public_key: str = Field(..., pattern=Z85_KEY, description="its CurveZMQ public key (`sitecontroller cluster keygen`)")
+
+
+class ClusterParams(Strict):
+    members: list[ClusterMember] = Field(default_factory=list, description="every node of the cluster, this one too")
+    lease_s: float = Field(1.5, ge=0.2, le=10, description="a leader dispatches only while it heard a quorum this recently")
+    dispatch_valid_s: float = Field(0.5, ge=0.1, le=10, description="a node executes a cluster setpoint this long")
+    status_stale_s: float = Field(1.0, gt=0, le=30, description="a member silent this long is offline")
+
+    @field_validator("members")
+    @classmethod
+    def _distinct(cls, members: list[ClusterMember]) -> list[ClusterMember]:
+        for what, values in (("node_id", [m.node_id for m in members]),
+                             ("address", [a for m in members for a in (m.raft, m.data)]),
+                             ("public_key", [m.public_key for m in members])):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ValueError(f"two members share the {what} {', '.join(twice)}")
+        return members
+
+
 class SiteParams(Strict):
     identity: Identity
     cycle: CycleParams = CycleParams()
@@ -166,6 +195,19 @@ class SiteParams(Strict):
     control: ControlParams = ControlParams()
     storage: StorageParams = StorageParams()
     simulation: SimulationParams | None = None
+    cluster: ClusterParams = ClusterParams()
+
+    @field_validator("cluster")
+    @classmethod
+    def _cluster_has_me(cls, cluster: ClusterParams, info: ValidationInfo) -> ClusterParams:
+        identity, features = info.data.get("identity"), info.data.get("features")
+        if identity is None or features is None or not features.CLUSTER:
+            return cluster
+        ids = [m.node_id for m in cluster.members]
+        if identity.node_id not in ids:
+            raise ValueError(f"with features.CLUSTER on, members must list this node {identity.node_id!r} "
+                             f"(they list {', '.join(ids) or 'none'})")
+        return cluster
 
     @property
     def data_dir(self) -> Path:

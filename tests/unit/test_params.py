@@ -629,3 +629,41 @@ def test_example_files_do_not_share_a_data_directory():
     dirs = {ex.name: load(ex).data_dir for ex in EXAMPLES}
     assert len(set(dirs.values())) == len(dirs), dirs
     assert all(d.is_relative_to(REPO / "var") for d in dirs.values()), "examples keep their data in the ignored var/"
+
+
+def _cluster(data, n=3, **over):
+    import zmq
+    members = [{"node_id": f"node{i}", "raft": f"127.0.0.1:{17100 + i}", "data": f"127.0.0.1:{17200 + i}",
+                "public_key": zmq.curve_keypair()[0].decode()} for i in range(1, n + 1)]
+    data["identity"]["node_id"] = "node1"
+    data["features"] = {**data.get("features", {}), "CLUSTER": True}
+    data["cluster"] = {"members": members, **over}
+    return data
+
+
+def test_a_cluster_member_list_validates():
+    params = parse(_cluster(good()))
+    assert [m.node_id for m in params.cluster.members] == ["node1", "node2", "node3"]
+    assert params.cluster.lease_s == 1.5
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (lambda d: d["cluster"]["members"].pop(0),
+     ["$.cluster: found members = [", "members must list this node 'node1' (they list node2, node3)"]),
+    (lambda d: d["cluster"]["members"][1].update(node_id="node1"), ["$.cluster.members", "share the node_id node1"]),
+    (lambda d: d["cluster"]["members"][2].update(data="127.0.0.1:17101"),
+     ["$.cluster.members", "share the address 127.0.0.1:17101"]),
+    (lambda d: d["cluster"]["members"][0].update(public_key="short"), ["$.cluster.members[0].public_key", "found \"short\""]),
+    (lambda d: d["cluster"]["members"][0].update(raft="17101"), ["$.cluster.members[0].raft", "found \"17101\""]),
+    (lambda d: d["cluster"]["members"][0].update(raft="127.0.0.1:5550"),
+     ["$.cluster.members[0].raft: found 127.0.0.1:5550, already used by $.control.endpoint"]),
+    (lambda d: d["cluster"].update(lease_s=0), ["$.cluster.lease_s: found 0", "from 0.2 to 10"]),
+])
+def test_a_bad_cluster_member_list_is_one_clear_line(change, fragments):
+    data = _cluster(good())
+    change(data)
+    with pytest.raises(ParamsError) as info:
+        parse(data)
+    assert len(info.value.problems) == 1, info.value.problems
+    for fragment in fragments:
+        assert fragment in info.value.problems[0], info.value.problems[0]
