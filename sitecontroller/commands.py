@@ -28,7 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import Field, TypeAdapter, ValidationError
 
@@ -80,12 +80,19 @@ class Restart(_Base):
     reboot: bool = False
 
 
-Command = Annotated[Union[SetPower, SetState, AckError, EStop, Restart], Field(discriminator="type")]
+class ClusterSetpoint(_Base):
+    """The cluster's power target, positive = discharge; through the Raft log, from any node."""
+
+    scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
+    type: Literal["cluster_setpoint"]
+    target_w: float = Field(..., ge=-MAX_POWER_W, le=MAX_POWER_W, allow_inf_nan=False)
+
+
+_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint)
+Command = Annotated[Union[_TYPES], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
-COMMAND_TYPES = ("set_power", "set_state", "ack_error", "estop", "restart")
-SCOPES: dict[str, str] = {
-    name: cls.scope for name, cls in zip(COMMAND_TYPES, (SetPower, SetState, AckError, EStop, Restart))
-}
+COMMAND_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _TYPES)
+SCOPES: dict[str, str] = {name: cls.scope for name, cls in zip(COMMAND_TYPES, _TYPES)}
 
 
 @dataclass

@@ -8,8 +8,9 @@ contactors open at once, whatever else is going on).
 
 Commands are routed by their scope: a node-scope command is carried out here; a
 cluster-scope command (a mode change, a cluster target) is handed to the cluster
-service when one is plugged in (`cluster_handler`, same signature as a handler:
-it puts the change through the Raft log), and rejected with the reason otherwise.
+service when one is plugged in (`cluster_handler`, same signature as a handler;
+it may return None and finish the command itself once the Raft log has committed
+the change), and rejected with the reason otherwise.
 
 Power requests are not kept here: a `set_power` command writes the setpoint
 source of its edge (CLI → local, SCADA → scada, cloud → cloud), and the
@@ -58,7 +59,10 @@ class CommandExecutor:
                 elif handler is None:
                     status, detail, result = REJECTED, f"command type {cmd.type!r} is not handled by the node", {}
                 else:
-                    status, detail, result = handler(cmd, image)
+                    outcome = handler(cmd, image)
+                    if outcome is None:  # the handler finishes it later (a cluster change awaits its commit)
+                        continue
+                    status, detail, result = outcome
             except Exception as exc:  # a bug must fail the command, not the node
                 log.exception("command %s failed", cmd.id)
                 status, detail, result = FAILED, f"internal error: {exc}", {}

@@ -166,8 +166,8 @@ def test_a_command_gets_exactly_one_final_ack(tmp_path):
 
 def test_every_command_type_has_a_scope():
     assert set(SCOPES) == set(COMMAND_TYPES)
-    assert set(SCOPES.values()) == {"node"}  # cluster commands come with the cluster
     assert parse_command({"type": "set_state", "target": "run"}).scope == "node"
+    assert parse_command({"type": "cluster_setpoint", "target_w": 6000}).scope == "cluster"
 
 
 def test_the_audit_goes_through_the_writer(tmp_path):

@@ -329,19 +329,19 @@ def test_a_stalled_cycle_does_not_jump_the_ramp(make_params):
 
 
 def test_cluster_scope_commands_go_to_the_cluster_service_or_are_refused(rig):
-    from types import SimpleNamespace
-
     from sitecontroller.commands import DONE
 
-    executor = rig.node.executor
-    cmd = SimpleNamespace(id="c1", type="set_mode", scope="cluster")
-    finished = []
-    rig.node.commands.finish = lambda c, status, detail, **result: finished.append((status, detail))
-    executor.run([cmd], rig.node.image)
-    assert finished[-1][0] == "rejected" and "no cluster service" in finished[-1][1]
-    executor.cluster_handler = lambda c, image: (DONE, "through the Raft log", {})
-    executor.run([cmd], rig.node.image)
-    assert finished[-1] == (DONE, "through the Raft log")
+    rig.run(0.2)
+    ack = rig.command(type="cluster_setpoint", target_w=6000)
+    assert ack.status == "rejected" and "no cluster service" in ack.detail
+    rig.node.executor.cluster_handler = lambda c, image: (DONE, "through the Raft log", {})
+    assert rig.command(type="cluster_setpoint", target_w=6000).status == DONE
+    later = []
+    rig.node.executor.cluster_handler = lambda c, image: later.append(c)  # finished once the log commits
+    ack = rig.command(type="cluster_setpoint", target_w=5000)
+    assert ack.status == "accepted" and later[0].target_w == 5000
+    rig.node.commands.finish(later[0], DONE, "committed")
+    assert rig.node.commands.ack_of(ack.id).status == DONE
 
 
 def test_a_set_power_ack_says_when_a_higher_source_owns_the_setpoint(rig):
