@@ -38,6 +38,8 @@ class Node:
         self.params = params
         self.clock = clock
         self.devices = devices
+        self.writer = writer
+        self.cluster = None  # the cluster service, when this node is a cluster member (mastercontroller)
         data = params.data_dir if persist else None
         self.errors = ErrorRegistry(clock, data / "errors.json" if data else None, writer=writer)
         self.commands = CommandBook(clock, data / "audit.jsonl" if data else None, writer=writer)

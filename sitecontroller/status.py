@@ -69,6 +69,8 @@ class NodeStatus:
     transitions: list[TransitionStatus]
     wall: float
     setpoints: dict[str, Any] = field(default_factory=dict)  # every fresh source: {name: {p_w, origin, valid_s}}
+    role: str = "alone"  # "leader" | "follower" | "candidate" in a cluster; "alone" without one
+    term: int | None = None  # the Raft term this node is in (None: no cluster)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,4 +117,6 @@ def snapshot(node) -> NodeStatus:
         transitions=[TransitionStatus(t.wall, t.source, t.dest, t.cause) for t in list(node.states.history)[-5:]],
         wall=img.wall if img else node.clock.wall(),
         setpoints=setpoints,
+        role="alone" if node.cluster is None else node.cluster.role,
+        term=None if node.cluster is None else node.cluster.consensus.term,
     )

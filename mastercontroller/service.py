@@ -1,0 +1,231 @@
+"""The cluster service: what makes one node a member of the cluster (DESIGN §5).
+
+A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
+
+- **consensus** (`consensus.py`, pysyncobj Raft over ZeroMQ/CURVE on its own thread):
+  the replicated cluster state and leadership with a lease;
+- **data plane** (`dataplane.py`, on the node's loop): every cycle this node publishes
+  its status; every member's status feeds `Membership`, the cluster process image;
+- **dispatch**: while this node holds the lease it splits the cluster target over the
+  members (`dispatch.py`) every cycle and publishes one setpoint per node, stamped with
+  its Raft term, a sequence number and `cluster.dispatch_valid_s`;
+- **execution**: a dispatch that passes the term fence (`fence.py`) goes into the
+  node's `cluster` setpoint inbox, valid for `valid_s` from its arrival. It is a
+  setpoint source like any other: the node's limiter, protection and state machine
+  still narrow it. No fresh dispatch (leader lost) ⇒ the arbiter has no source and the
+  node ramps to 0 W, saying why in its status;
+- **cluster commands** (`cluster_setpoint`): proposed to the Raft log from a worker
+  thread; the command's final acknowledgement comes once the log has committed it.
+
+Every executed term is logged to `<data_dir>/dispatch.jsonl` (one line per term the
+node executed: leader, first and last arrival, until when the last one was valid), so
+a test or a technician can check after the fact that terms never overlapped.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+
+from sitecontroller.commands import DONE, FAILED, REJECTED
+from sitecontroller.control.sources import CLUSTER
+
+from . import keys
+from .consensus import ClusterConsensus, ConsensusError, Member
+from .dataplane import DataPlane, Peer
+from .dispatch import Dispatch, DispatchParams, NodeView, dispatch
+from .fence import TermFence
+from .membership import Membership
+from .messages import DispatchMessage, StatusMessage
+
+log = logging.getLogger("mastercontroller")
+
+PROPOSE_TIMEOUT_S = 3.0
+
+
+class ClusterService:
+    def __init__(self, node, *, dispatch_params: DispatchParams = DispatchParams()):
+        params = node.params
+        cluster = params.cluster
+        self.node = node
+        self.me = params.identity.node_id
+        self.period_s = params.cycle.period_s
+        self.valid_s = cluster.dispatch_valid_s
+        public, secret = keys.load(params.data_dir)
+        self.consensus = ClusterConsensus(
+            self.me, [Member(m.node_id, m.raft, m.public_key) for m in cluster.members], params.data_dir,
+            secret_key=secret, public_key=public, lease_s=cluster.lease_s)
+        own = next(m for m in cluster.members if m.node_id == self.me)
+        self.plane = DataPlane(self.me, own.data, [Peer(m.node_id, m.data, m.public_key) for m in cluster.members],
+                               public_key=public, secret_key=secret,
+                               on_status=self._on_status, on_dispatch=self._on_dispatch)
+        self.membership = Membership([m.node_id for m in cluster.members], cluster.status_stale_s)
+        self.fence = TermFence(self.me)
+        self.dispatch_params = dispatch_params
+        self.last: Dispatch | None = None  # this node's last dispatch as leader
+        self.heard: DispatchMessage | None = None  # the last dispatch this node executed
+        self._seq = 0
+        self._journal = params.data_dir / "dispatch.jsonl"
+        self._term_window: dict | None = None  # the term being executed: for dispatch.jsonl
+        self._task: asyncio.Task | None = None
+        node.executor.cluster_handler = self.handle
+        node.cluster = self
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.consensus.start)
+        await self.plane.start()
+        self._task = asyncio.create_task(self._run(), name="cluster")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._close_term()
+        await self.plane.close()
+        await asyncio.get_running_loop().run_in_executor(None, self.consensus.close)
+
+    async def _run(self) -> None:
+        clock = self.node.clock
+        deadline = clock.monotonic()
+        while True:
+            deadline += self.period_s
+            try:
+                self.tick(clock.monotonic())
+            except Exception:  # a bug here must not end the node's cluster membership
+                log.exception("cluster tick failed")
+            await clock.sleep_until(max(deadline, clock.monotonic()))
+
+    # --- every cycle ------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        self.fence.observe_term(self.consensus.term)
+        own = self.own_status()
+        self.membership.update(own, now)
+        self.plane.publish(own)
+        if self._term_window and now > self._term_window["until_mono"]:
+            self._close_term()  # expired: the leader is gone or no longer dispatches to us
+        if not self.consensus.has_lease():
+            self.last = None
+            return
+        state = self.consensus.state()
+        views = [_node_view(v) for v in self.membership.image(now)]
+        self.last = dispatch(state.target_w, views, self.dispatch_params, self.last)
+        self._seq += 1
+        msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=self.valid_s,
+                              target_w=state.target_w, unplaced_w=self.last.unplaced_w,
+                              setpoints=self.last.setpoints)
+        self.plane.publish(msg)
+        self._on_dispatch(msg)  # a PUB does not deliver to itself
+
+    def own_status(self) -> StatusMessage:
+        node, image, decision = self.node, self.node.image, self.node.decision
+        bms = image.bms if image else None
+        inv = image.inverter if image else None
+        limits = decision.limits if decision else None
+        soh = bms.soh if bms is not None else 1.0
+        return StatusMessage(
+            node_id=self.me, state=node.states.state,
+            soc=None if bms is None else min(1.0, max(0.0, bms.soc)),
+            usable_wh=node.params.battery.capacity_wh * max(0.0, min(1.0, soh)),
+            charge_w=0.0 if limits is None else max(0.0, limits.charge_w),
+            discharge_w=0.0 if limits is None else max(0.0, limits.discharge_w),
+            p_w=None if inv is None else inv.p_w, setpoint_w=node.setpoint_w,
+            freq_hz=None if inv is None else inv.freq_hz,
+            errors=tuple(e.id for e in node.errors.listed()), term_seen=self.fence.highest_term,
+        )
+
+    # --- the data plane's callbacks (on the node's loop) -----------------------------------
+    def _on_status(self, msg: StatusMessage) -> None:
+        self.membership.update(msg, self.node.clock.monotonic())
+
+    def _on_dispatch(self, msg: DispatchMessage) -> None:
+        self.fence.observe_term(self.consensus.term)
+        p_w = self.fence.admit(msg)
+        if p_w is None:
+            return
+        now = self.node.clock.monotonic()
+        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s,
+                                       origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
+        self.heard = msg
+        self._note_term(msg, now)
+
+    # --- the journal of executed terms ------------------------------------------------------
+    def _note_term(self, msg: DispatchMessage, now: float) -> None:
+        wall = time.time()
+        w = self._term_window
+        if w is not None and w["term"] != msg.term:
+            self._close_term()
+            w = None
+        if w is None:
+            log.info("executing dispatch of leader %s, term %d", msg.leader, msg.term)
+            w = self._term_window = {"term": msg.term, "leader": msg.leader, "first_wall": wall, "count": 0}
+        w.update(last_wall=wall, until_wall=wall + msg.valid_s, until_mono=now + msg.valid_s)
+        w["count"] += 1
+
+    def _close_term(self) -> None:
+        w, self._term_window = self._term_window, None
+        if w is None:
+            return
+        line = {k: w[k] for k in ("term", "leader", "first_wall", "last_wall", "until_wall", "count")}
+        line["node_id"], line["pid"] = self.me, os.getpid()
+        if self.node.writer is not None:  # the node's background writer: the loop never waits on the disk
+            self.node.writer.append(self._journal, json.dumps(line))
+
+    # --- cluster commands ------------------------------------------------------------------
+    def handle(self, cmd, image):
+        if cmd.type != "cluster_setpoint":
+            return REJECTED, f"command type {cmd.type!r} is not handled by the cluster service", {}
+        loop = asyncio.get_running_loop()
+        commands = self.node.commands
+
+        def propose() -> None:
+            try:
+                state = self.consensus.propose({"target_w": cmd.target_w}, PROPOSE_TIMEOUT_S)
+            except (ConsensusError, ValueError) as exc:
+                outcome = (FAILED, str(exc), {})
+            else:
+                outcome = (DONE, f"cluster target {state.target_w:.0f} W (version {state.version})",
+                           {"target_w": state.target_w, "version": state.version})
+            loop.call_soon_threadsafe(lambda: commands.finish(cmd, outcome[0], outcome[1], **outcome[2]))
+
+        loop.run_in_executor(None, propose)
+        return None  # finished by propose() once the log has committed it
+
+    # --- what the node and the CLI report ----------------------------------------------------
+    @property
+    def role(self) -> str:
+        return self.consensus.role
+
+    def cluster_status(self) -> dict:
+        now = self.node.clock.monotonic()
+        state = self.consensus.state()
+        heard = self.heard
+        members = []
+        for v in self.membership.image(now):
+            s = v.status
+            members.append({
+                "node_id": v.node_id, "online": v.online, "age_s": None if v.age_s is None else round(v.age_s, 2),
+                "state": s.state if s else None, "soc": s.soc if s else None, "p_w": s.p_w if s else None,
+                "setpoint_w": s.setpoint_w if s else None,
+                "limits": {"charge_w": s.charge_w, "discharge_w": s.discharge_w} if s else None,
+            })
+        actual = sum(m["p_w"] for m in members if m["online"] and m["p_w"] is not None)
+        return {
+            "node_id": self.me, "role": self.role, "leader": self.consensus.leader_id, "term": self.consensus.term,
+            "has_lease": self.consensus.has_lease(), "mode": state.mode, "target_w": state.target_w,
+            "version": state.version, "actual_w": round(actual, 1),
+            "unplaced_w": None if heard is None else heard.unplaced_w,
+            "dispatch": None if heard is None else {"leader": heard.leader, "term": heard.term, "seq": heard.seq},
+            "ignored_dispatches": dict(self.fence.ignored), "data_plane": self.plane.stats(),
+            "members": members,
+        }
+
+
+def _node_view(v) -> NodeView:
+    s = v.status
+    if s is None or s.soc is None:
+        return NodeView(v.node_id, False, "unknown" if s is None else s.state, 0.0, 1.0, 0.0, 0.0)
+    return NodeView(v.node_id, v.online, s.state, s.soc, max(s.usable_wh, 1.0), s.charge_w, s.discharge_w,
+                    s.p_w or 0.0)
