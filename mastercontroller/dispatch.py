@@ -225,11 +225,9 @@ def _consolidate(amount: float, eligible: list[_Eligible], prev_sleeping: frozen
     """The sleeping set for this cycle and whether consolidation changed it (restarts the dwell).
 
     ``eligible`` is sorted by id; sorts below are stable, so ties are broken by id."""
-    if not eligible:
-        return frozenset(), False
-    if not params.sleep_enabled or params.min_efficient_w <= 0.0:
-        return frozenset(), False  # waking everyone is never held back
     asleep = {e.node_id for e in eligible if e.node_id in prev_sleeping}
+    if not params.sleep_enabled or params.min_efficient_w <= 0.0:
+        return frozenset(), bool(asleep)  # waking everyone is never held back
     by_id = {e.node_id: e for e in eligible}
     changed = False
 
@@ -295,13 +293,14 @@ def _fill(amount: float, parts: list[_Eligible]) -> dict[str, float]:
             break
         hi, s_hi = b, s_b
     shares = {e.node_id: _share(e, level) for e in parts}
-    # rounding: put the last few ulps on the node with the most room (never past a limit)
+    # rounding: put the last few ulps on a running node with the most room (never past a limit)
+    running = [e for e in parts if shares[e.node_id] > 0.0] or parts
     for _ in range(4):
         rest = amount - math.fsum(shares.values())
         if rest == 0.0:
             break
         if rest > 0.0:
-            e = max(parts, key=lambda p: p.cap - shares[p.node_id])
+            e = max(running, key=lambda p: p.cap - shares[p.node_id])
             shares[e.node_id] = min(e.cap, shares[e.node_id] + rest)
         else:
             e = max(parts, key=lambda p: shares[p.node_id])
