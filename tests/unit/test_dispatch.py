@@ -215,17 +215,36 @@ def _random_value(rng, good):
 
 
 def _random_nodes(rng):
+    """Up to 8 nodes; in a third of the cases SOCs, capacities and limits come from a few values,
+    so that ties (equal priority for consolidation, equal shares) are common."""
+    tied = rng.random() < 0.33
+
+    def soc():
+        return rng.choice([0.3, 0.5, 0.7]) if tied else rng.random()
+
+    def usable():
+        if rng.random() < 0.05:
+            return 0.0
+        return rng.choice([10_000.0, 20_000.0]) if tied else rng.uniform(1000, 60_000)
+
+    def limit():
+        r = rng.random()
+        if r < 0.1:
+            return 0.0
+        if r < 0.13:
+            return -rng.uniform(0, 2000)  # a broken limiter: read as 0
+        return rng.choice([2000.0, 5000.0]) if tied else rng.uniform(0, 12_000)
+
     nodes = []
     for i in range(rng.randint(0, 8)):
         nodes.append(NodeView(
             node_id=f"n{i}",
             online=rng.random() > 0.1,
             state="run" if rng.random() > 0.15 else rng.choice(["error", "maintenance", "sleep", "init"]),
-            soc=_random_value(rng, rng.random()),
-            usable_wh=_random_value(rng, rng.choice([rng.uniform(1000, 60_000), 0.0 if rng.random() < 0.05
-                                                     else rng.uniform(1000, 60_000)])),
-            charge_w=_random_value(rng, 0.0 if rng.random() < 0.1 else rng.uniform(0, 12_000)),
-            discharge_w=_random_value(rng, 0.0 if rng.random() < 0.1 else rng.uniform(0, 12_000)),
+            soc=_random_value(rng, soc()),
+            usable_wh=_random_value(rng, usable()),
+            charge_w=_random_value(rng, limit()),
+            discharge_w=_random_value(rng, limit()),
             p_w=_random_value(rng, rng.uniform(-5000, 5000)),
         ))
     return nodes
