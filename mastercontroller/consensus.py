@@ -326,6 +326,7 @@ class ClusterConsensus:
             "connected": t.connected if t else [],
             "refused": t.refused if t else 0,
             "refused_keys": sorted(t.refused_keys) if t else [],
+            "auth_failures": t.auth_failures if t else 0,
             "dropped": t.dropped if t else 0,
             "votes_dropped": t.votes_dropped if t else 0,
             "lease_window_s": self.lease_window_s,

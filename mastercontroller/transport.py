@@ -67,6 +67,7 @@ HEARTBEAT_TIMEOUT_MS = 400
 SNDHWM = 1000               # messages queued per peer at most (a dead peer cannot fill memory)
 RCVHWM = 10000
 MAX_MSG_BYTES = 64 << 20    # pysyncobj sends snapshots in chunks far below this
+REDIAL_AFTER_AUTH_FAIL_S = 0.5  # libzmq stops reconnecting after the server refused our key
 MAX_PER_DRAIN = 2000        # messages per socket per drain pass (the tick drains the rest)
 _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
                    | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -107,6 +108,8 @@ class ZmqTransport(Transport):
         self._monitors: dict[str, zmq.Socket] = {}
         self._fds: dict[int, zmq.Socket] = {}
         self._connected: set[str] = set()
+        self._redial: dict[str, float] = {}          # node id -> monotonic time to re-create its DEALER
+        self.auth_failures = 0                       # our handshakes a peer refused
         self._ready = False
         self._bind_error: str | None = None
         self._ready_event = threading.Event()
@@ -221,6 +224,8 @@ class ZmqTransport(Transport):
         d.connect(f"tcp://{node.address}")
 
     def _close_dealer(self, node_id: str):
+        if node_id not in self._nodes:  # dropped for good: no redial either
+            self._redial.pop(node_id, None)
         d = self._dealers.pop(node_id, None)
         mon = self._monitors.pop(node_id, None)
         if mon is not None:
@@ -284,8 +289,18 @@ class ZmqTransport(Transport):
         self._drain()
 
     def _onTick(self):
-        if self._ready:
-            self._drain()
+        if not self._ready:
+            return
+        if self._redial:
+            now = time.monotonic()
+            for node_id, due in list(self._redial.items()):
+                if due <= now:
+                    del self._redial[node_id]
+                    node = self._nodes.get(node_id)
+                    if node is not None:
+                        self._close_dealer(node_id)
+                        self._open_dealer(node)
+        self._drain()
 
     def _drain(self):
         if self._draining or self._closed or not self._ready:
@@ -355,10 +370,19 @@ class ZmqTransport(Transport):
                 if node is None:
                     continue
                 if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                    self._redial.pop(node_id, None)
                     if node_id not in self._connected:
                         self._connected.add(node_id)
                         self._onNodeConnected(node)
-                elif node_id in self._connected:
+                    continue
+                if event & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
+                    # after a refusal libzmq does not reconnect by itself: dial again later
+                    # (the peer may not know our key yet, e.g. while we are being added)
+                    if event & zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                        self.auth_failures += 1
+                    self._redial.setdefault(node_id, time.monotonic() + REDIAL_AFTER_AUTH_FAIL_S)
+                if node_id in self._connected:
                     self._connected.discard(node_id)
                     self._onNodeDisconnected(node)
         return busy
