@@ -51,7 +51,7 @@ class StockNode:
     def status(self):
         leader = self.obj._getLeader()
         role = {2: "leader", 1: "candidate"}.get(self.obj._SyncObj__raftState, "follower")
-        return {"role": role, "term": self.obj.raftCurrentTerm,
+        return {"self": self.obj.selfNode.id, "role": role, "term": self.obj.raftCurrentTerm,
                 "leader": leader.id if leader else None, "lease": role == "leader"}
 
     def handle(self, req):
@@ -77,7 +77,7 @@ class ZmqPeer:
     def status(self):
         n = self.node
         st = n.state()
-        return {"role": n.role, "term": n.term, "leader": n.leader_id, "lease": n.has_lease(),
+        return {"self": n.self_id, "role": n.role, "term": n.term, "leader": n.leader_id, "lease": n.has_lease(),
                 "state": {"mode": st.mode, "mode_params": st.mode_params, "target_w": st.target_w,
                           "limits": st.limits, "version": st.version},
                 "stats": n.stats()}
