@@ -212,6 +212,7 @@ SIM_ENDPOINT_PORT = 5560  # the examples' layout: the simulator, node K's contro
 CONTROL_PORT = 5550
 DEVICE_PORT = 15020  # node K: inverter DEVICE_PORT + 10 (K-1), BMS (SLCAN) + 2; the site meter: + 1 of node 1
 SITE_STOP_S = 3.0  # Ctrl-C/SIGTERM: every node and the simulator gone within this
+SITE_NODE_STOP_S = 2.2  # of which the nodes' orderly stops (each takes < 2 s); then they are killed
 SUMMARY_TIMEOUT_S = 0.3  # each status request of the summary line
 
 
@@ -395,10 +396,10 @@ class SiteSupervisor:
             self._summary_stop.set()
             t0 = time.monotonic()
             self._stop_nodes()
-            Supervisor._stop(self.sim, SIM_STOP_S, "the simulator")
+            Supervisor._stop(self.sim, max(0.3, SITE_STOP_S - 0.2 - (time.monotonic() - t0)), "the simulator")
             remove_site_index()
             if printer is not None:
-                printer.join(1.0)
+                printer.join(1.0)  # it gives up between two requests of at most SUMMARY_TIMEOUT_S
             say(f"site stopped in {time.monotonic() - t0:.1f} s")
 
     def _start_sim(self) -> bool:
@@ -464,12 +465,12 @@ class SiteSupervisor:
         running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
         for node in running:
             node.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + NODE_STOP_S
+        deadline = time.monotonic() + SITE_NODE_STOP_S
         for node in running:
             try:
                 node.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                say(f"node {node.node_id} did not stop within {NODE_STOP_S:g} s: killing it")
+                say(f"node {node.node_id} did not stop within {SITE_NODE_STOP_S:g} s: killing it")
                 node.proc.kill()
                 node.proc.wait()
 
@@ -479,7 +480,8 @@ class SiteSupervisor:
         out: dict[str, dict | None] = {}
         for node in self.nodes:
             try:
-                reply = request(node.endpoint, {"op": "status"}, SUMMARY_TIMEOUT_S) if node.proc else {}
+                stop = self._summary_stop.is_set()  # a stop: no more requests
+                reply = request(node.endpoint, {"op": "status"}, SUMMARY_TIMEOUT_S) if node.proc and not stop else {}
             except NodeUnreachable:
                 reply = {}
             out[node.node_id] = reply.get("status") if reply.get("ok") else None
