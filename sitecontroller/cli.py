@@ -19,7 +19,9 @@ from .params import DEFAULT_ENDPOINT, ParamsError, load
 EPILOG = """\
 Without --params/--endpoint, status/setpoint/ack-error/state/estop/restart
 talk to the node on {endpoint} (the one scripts/run-sim starts),
-or else to the only node running on this machine.
+or else to the only node running on this machine. With a site running
+(scripts/run-sim --nodes N), --node ID picks one of its nodes; without it,
+the first of its nodes that answers.
 
 examples:
   sitecontroller run --params site_parameters/sim_node1.json --simulate
@@ -45,13 +47,21 @@ HOW_TO_CHOOSE = "choose one with --params FILE or --endpoint tcp://HOST:PORT"
 
 
 def _endpoint(args) -> str:
-    """--endpoint, else the endpoint in --params, else the default one or the only node running here."""
+    """--endpoint, else the endpoint in --params, else --node's, else the default one or the only node running here."""
+    if getattr(args, "node", None) and (args.endpoint or args.params):
+        print("sitecontroller: give one of --node, --params and --endpoint", file=sys.stderr)
+        sys.exit(2)
     if args.endpoint:
         return args.endpoint
     if args.params:
         return _load_or_exit(args.params).control.endpoint
+    if getattr(args, "node", None):
+        return node_endpoint(args.node)
     from .running import describe, running_nodes
 
+    first = _first_site_node_answering()
+    if first:
+        return first
     nodes = running_nodes()
     if not nodes or any(n["endpoint"] == DEFAULT_ENDPOINT for n in nodes):
         return DEFAULT_ENDPOINT
@@ -60,6 +70,51 @@ def _endpoint(args) -> str:
     print(f"sitecontroller: several nodes run here, none on {DEFAULT_ENDPOINT}: {describe(nodes)}; {HOW_TO_CHOOSE}",
           file=sys.stderr)
     sys.exit(1)
+
+
+def known_nodes() -> tuple[list[dict], str]:
+    """The nodes `--node ID` can name: the site scripts/run-sim --nodes N runs (its index), else every node
+    running on this machine; and where they were found (for messages)."""
+    from .running import run_dir, running_nodes
+    from .sim.run_sim import read_site_index, site_index_path
+
+    index = read_site_index()
+    if index is not None:
+        return [n for n in index["nodes"] if isinstance(n, dict)], f"the site index {site_index_path()}"
+    return running_nodes(), f"the nodes running on this machine ({run_dir()})"
+
+
+def node_endpoint(node_id: str) -> str:
+    """The control endpoint of node `node_id` of the running site; an unknown node: one line, exit 1."""
+    nodes, where = known_nodes()
+    for n in nodes:
+        if n.get("node_id") == node_id and isinstance(n.get("endpoint"), str):
+            return n["endpoint"]
+    ids = ", ".join(dict.fromkeys(str(n.get("node_id")) for n in nodes))
+    if ids:
+        print(f"sitecontroller: unknown node {node_id!r}; known nodes: {ids} (from {where})", file=sys.stderr)
+    else:
+        print(f"sitecontroller: unknown node {node_id!r}; known nodes: none (no site or node runs here: "
+              "scripts/run-sim --nodes N starts a site)", file=sys.stderr)
+    sys.exit(1)
+
+
+def _first_site_node_answering() -> str | None:
+    """With a site running (run-sim --nodes N): the endpoint of the first of its nodes that answers."""
+    from .control_endpoint import NodeUnreachable, request
+    from .sim.run_sim import read_site_index
+
+    index = read_site_index()
+    for n in (index or {}).get("nodes", []):
+        endpoint = n.get("endpoint") if isinstance(n, dict) else None
+        if not isinstance(endpoint, str):
+            continue
+        try:
+            if request(endpoint, {"op": "status"}, 0.5).get("ok"):
+                return endpoint
+        except NodeUnreachable:
+            continue
+    return None
 
 
 def cmd_run(args) -> int:
@@ -99,7 +154,8 @@ def _ask(args, payload: dict, timeout_s: float = 2.0) -> dict:
     try:
         reply = request(endpoint, payload, timeout_s)
     except NodeUnreachable as exc:
-        hint = "" if args.endpoint or args.params else f"; a node started with another parameter file: {HOW_TO_CHOOSE}"
+        hint = ("" if args.endpoint or args.params or args.node
+                else f"; a node started with another parameter file: {HOW_TO_CHOOSE}")
         print(f"sitecontroller: {exc}{hint}", file=sys.stderr)
         sys.exit(1)
     if not reply.get("ok"):
@@ -228,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--params", metavar="FILE", help="the node's parameter file (for its control endpoint)")
         p.add_argument("--endpoint", metavar="tcp://HOST:PORT",
                        help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
+        p.add_argument("--node", metavar="ID",
+                       help="a node of the site scripts/run-sim --nodes N runs (its node id, e.g. node2; "
+                            "default: the first that answers)")
         p.set_defaults(func=func)
         return p
 

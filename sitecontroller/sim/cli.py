@@ -5,10 +5,14 @@
     sitecontroller sim fault battery cell_v_fault_v 0.5
     sitecontroller sim fault --clear             # every knob back to normal
     sitecontroller sim state                     # SOC, power, contactors of the simulated plant
+    sitecontroller sim fault --node node2 inverter tripped   # a site (run-sim --nodes N): one node's devices
 
 Without --params/--endpoint these reach the simulator `scripts/run-sim` starts
-(its default parameter file's `simulation.endpoint`). Exit status: 0 ok,
-1 the simulator did not answer or refused, 2 bad input.
+(its default parameter file's `simulation.endpoint`, or the site simulator of
+`scripts/run-sim --nodes N`, from its site index). In a site, `bms`, `inverter`
+and `battery` are one per node (--node ID); `meter` and `grid` are the site's,
+shared by every node. Exit status: 0 ok, 1 the simulator did not answer or
+refused (an unknown node too), 2 bad input.
 """
 from __future__ import annotations
 
@@ -32,12 +36,31 @@ def _endpoint(args) -> str:
                 print(f"{exc.source}: {line}", file=sys.stderr)
             sys.exit(2)
         return params.simulation.endpoint if params.simulation else DEFAULT_SIM_ENDPOINT
+    from .run_sim import read_site_index
+
+    index = read_site_index()  # a site that run-sim --nodes N runs
+    if index is not None and isinstance(index.get("sim_endpoint"), str):
+        return index["sim_endpoint"]
+    if args.node:  # a node run alone: its simulator is the one its parameter file names
+        from ..running import running_nodes
+
+        for n in running_nodes():
+            if n.get("node_id") == args.node and n.get("params"):
+                from ..params import ParamsError, load
+
+                try:
+                    params = load(n["params"])
+                except ParamsError:
+                    break
+                return params.simulation.endpoint if params.simulation else DEFAULT_SIM_ENDPOINT
     return DEFAULT_SIM_ENDPOINT
 
 
 def _ask(args, payload: dict) -> dict:
     from .endpoint import SimUnreachable, sim_request
 
+    if args.node:
+        payload = {**payload, "node": args.node}
     try:
         reply = sim_request(_endpoint(args), payload, timeout_s=2.0)
     except SimUnreachable as exc:
@@ -64,14 +87,16 @@ def cmd_faults(args) -> int:
     if args.json:
         print(json.dumps(knobs))
         return 0
-    print(f"{'DEVICE':9} {'KNOB':20} {'VALUE':>8}  MEANING (type; default)")
+    site = any("node" in k for k in knobs)  # a site of several nodes: which node each knob is at
+    print(("NODE     " if site else "") + f"{'DEVICE':9} {'KNOB':20} {'VALUE':>8}  MEANING (type; default)")
     for k in knobs:
         value = "-" if k["kind"] == "action" else _show(k["value"])
         changed = "*" if k["kind"] != "action" and k["value"] != k["default"] else " "
         what = "action: set it to do it once" if k["kind"] == "action" else f"{k['type']}; default {_show(k['default'])}"
-        print(f"{k['device']:9} {k['knob']:20} {value:>8}{changed} {k['help']} ({what})")
-    print("* = not at its default.  Set one: sitecontroller sim fault DEVICE KNOB [VALUE];"
-          "  all back to normal: sitecontroller sim fault --clear")
+        node = f"{k.get('node') or 'site':8} " if site else ""
+        print(f"{node}{k['device']:9} {k['knob']:20} {value:>8}{changed} {k['help']} ({what})")
+    print("* = not at its default.  Set one: sitecontroller sim fault " + ("[--node ID] " if site else "")
+          + "DEVICE KNOB [VALUE];  all back to normal: sitecontroller sim fault --clear")
     return 0
 
 
@@ -88,10 +113,11 @@ def cmd_fault(args) -> int:
               "`sitecontroller sim faults` lists them", file=sys.stderr)
         return 2
     k = _ask(args, {"op": "set", "device": args.device, "knob": args.knob, "value": args.value})["knob"]
+    at = f"{k['node']} " if k.get("node") else ""
     if k["kind"] == "action":
-        print(f"{k['device']} {k['knob']}: done")
+        print(f"{at}{k['device']} {k['knob']}: done")
     else:
-        print(f"{k['device']} {k['knob']} = {_show(k['value'])}")
+        print(f"{at}{k['device']} {k['knob']} = {_show(k['value'])}")
     return 0
 
 
@@ -99,6 +125,13 @@ def cmd_state(args) -> int:
     plant = _ask(args, {"op": "plant"})["plant"]
     if args.json:
         print(json.dumps(plant))
+        return 0
+    if "nodes" in plant:  # a site of several nodes, no --node
+        print(f"site grid {plant['grid_p_w']:.0f} W  load {plant['load_w']:.0f} W  pv {plant['pv_w']:.0f} W  "
+              f"nodes {plant['nodes_p_w']:.0f} W  {plant['freq_hz']:.3f} Hz")
+        for node, p in plant["nodes"].items():
+            print(f"  {node}: soc {p['soc'] * 100:.2f} %  inverter {p['p_w']:.0f} W (setpoint {p['setpoint_p_w']:.0f} W)"
+                  f"  contactors {'closed' if p['contactor_closed'] else 'open'}{'  TRIPPED' if p['tripped'] else ''}")
         return 0
     print(f"soc {plant['soc'] * 100:.2f} %  inverter {plant['p_w']:.0f} W (setpoint {plant['setpoint_p_w']:.0f} W)  "
           f"grid {plant['grid_p_w']:.0f} W  contactors {'closed' if plant['contactor_closed'] else 'open'}"
@@ -116,6 +149,9 @@ def add_sim_parser(sub) -> None:
         p = simsub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("--params", metavar="FILE", help="the parameter file the simulator runs (for its endpoint)")
         p.add_argument("--endpoint", help=f"the simulator's endpoint (default {DEFAULT_SIM_ENDPOINT})")
+        p.add_argument("--node", metavar="ID",
+                       help="a site (scripts/run-sim --nodes N): this node's devices (bms, inverter, battery; "
+                            "meter and grid are the site's)")
         p.set_defaults(func=func)
         return p
 

@@ -14,6 +14,14 @@ request and per reply, like the node's control endpoint:
                                                                   "contactor_closed", ...}}
 
 Errors: {"ok": false, "error": "one line that names the device, knob and allowed values"}.
+
+A simulator of several nodes (a site behind one meter) also answers `ping` with
+"nodes": [{"node_id", "params"}, ...]; `knobs`, `set`, `clear` and `plant` take an
+optional "node": ID (one node's knobs and the shared meter and grid; its plant).
+Without it, `knobs` lists every knob (each with its "node", null for the shared
+ones), `clear` clears everything and `plant` describes the site:
+{"grid_p_w", "pv_w", "load_w", "nodes_p_w", "freq_hz", "nodes": {ID: {...as above}}}.
+An unknown node is an error naming the known ones.
 """
 from __future__ import annotations
 
@@ -38,6 +46,15 @@ def plant_state(plant) -> dict:
     }
 
 
+def site_state(site_plant) -> dict:
+    """The whole site: the one meter's quantities and every node's plant."""
+    return {
+        "grid_p_w": site_plant.grid_p_w, "pv_w": site_plant.pv_w, "load_w": site_plant.load_w,
+        "nodes_p_w": site_plant.nodes_p_w, "freq_hz": site_plant.grid.measured_hz,
+        "nodes": {node: plant_state(plant) for node, plant in site_plant.nodes.items()},
+    }
+
+
 class SimControlServer(JsonEndpoint):
     what = "simulator endpoint"
     user_errors = (KnobError,)
@@ -52,11 +69,23 @@ class SimControlServer(JsonEndpoint):
         if not isinstance(request, dict):
             return {"ok": False, "error": "request must be a JSON object"}
         op = request.get("op")
-        knobs = self.site.knobs
+        node = request.get("node")
+        if node is not None and not isinstance(node, str):
+            return {"ok": False, "error": "'node' must be a node id (text)"}
         if op == "ping":
             p = self.site.params
-            return {"ok": True, "pid": os.getpid(), "params": self.params_file, "node_id": p.identity.node_id,
-                    "devices": knobs.devices, "ready": self.ready}
+            reply = {"ok": True, "pid": os.getpid(), "params": self.params_file, "node_id": p.identity.node_id,
+                     "devices": self.site.knobs.devices, "ready": self.ready}
+            if self.site.site_plant is not None:
+                files = self.params_file if isinstance(self.params_file, (list, tuple)) else [self.params_file]
+                reply["params"] = ", ".join(map(str, files))
+                reply["nodes"] = [{"node_id": q.identity.node_id, "params": str(f)}
+                                  for q, f in zip(self.site.params_list, files)]
+            return reply
+        if op not in ("knobs", "set", "clear", "plant"):
+            return {"ok": False, "error": f"unknown op {op!r}; allowed: ping, knobs, set, clear, plant"}
+        knobs = self.site.knob_scope(node)  # an unknown node: KnobError, one line naming the known ones
+        where = f" at {node}" if node else ""
         if op == "knobs":
             return {"ok": True, "knobs": knobs.describe()}
         if op == "set":
@@ -64,15 +93,15 @@ class SimControlServer(JsonEndpoint):
             if not isinstance(device, str) or not isinstance(knob, str):
                 return {"ok": False, "error": "set needs 'device' and 'knob' (text)"}
             result = await knobs.set(device, knob, request.get("value"))
-            log.warning("fault knob set: %s %s = %s", device, knob, result["value"])
+            log.warning("fault knob set%s: %s %s = %s", where, device, knob, result["value"])
             return {"ok": True, "knob": result}
         if op == "clear":
             cleared = await knobs.clear()
-            log.warning("fault knobs cleared: %s", ", ".join(cleared) or "none were set")
+            log.warning("fault knobs cleared%s: %s", where, ", ".join(cleared) or "none were set")
             return {"ok": True, "cleared": cleared}
-        if op == "plant":
-            return {"ok": True, "plant": plant_state(self.site.plant)}
-        return {"ok": False, "error": f"unknown op {op!r}; allowed: ping, knobs, set, clear, plant"}
+        if node is None and self.site.site_plant is not None:
+            return {"ok": True, "plant": site_state(self.site.site_plant)}
+        return {"ok": True, "plant": plant_state(self.site.plants[node] if node else self.site.plant)}
 
 
 class SimUnreachable(Exception):

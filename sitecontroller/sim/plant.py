@@ -216,6 +216,7 @@ class Plant:
     wall_s: float = 0.0
     meter_stopped: bool = False  # knob for the simulated meter
     phases: int = 3
+    site: "SitePlant | None" = field(default=None, repr=False, compare=False)  # one node of several behind one meter
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -237,10 +238,17 @@ class Plant:
         return cls(battery, inverter, Grid(), Solar(sim.pv_peak_w), Load(sim.load_avg_w), seed=sim.seed, wall_s=wall_s)
 
     def step(self, dt_s: float, wall_s: float | None = None) -> None:
+        if self.site is not None:  # the grid, PV and load are the site's: it steps them, once, for all nodes
+            self.site.step(dt_s, wall_s)
+            return
         self.wall_s = self.wall_s + dt_s if wall_s is None else wall_s
         self.grid.step(self.rng, dt_s)
         self.solar.step(self.rng, dt_s)
         self.load.step(self.rng, dt_s)
+        self.step_node(dt_s)
+
+    def step_node(self, dt_s: float) -> None:
+        """This node's own devices only: the inverter moves power through the battery."""
         dc_w = self.inverter.step(self.battery, dt_s)
         self.battery.step(dc_w, dt_s)
 
@@ -255,8 +263,78 @@ class Plant:
 
     @property
     def grid_p_w(self) -> float:
-        """At the connection point, positive = import."""
+        """At the connection point, positive = import (in a site of several nodes: the site's one meter)."""
+        if self.site is not None:
+            return self.site.grid_p_w
         return self.load_w - self.pv_w - self.inverter.p_w
+
+    def phase_split(self, total: float) -> tuple[float, ...]:
+        weights = (0.36, 0.33, 0.31)[: self.phases]
+        return tuple(total * w for w in weights)
+
+    def phase_v(self) -> tuple[float, ...]:
+        return tuple(self.grid.nominal_v * (1 + 0.005 * k) for k in range(self.phases))
+
+
+class SitePlant:
+    """Several battery nodes behind ONE grid connection point: one load, one PV field, one grid, one meter.
+
+    Each node keeps its own `Plant` (its battery and inverter, which its simulated BMS and
+    inverter read and write); those plants share this site's `Grid`, `Solar` and `Load`
+    objects, and their `grid_p_w` is the site's: load - PV - the sum of every node's
+    inverter power. The site steps the shared physics once per step, then every node.
+    It has the attributes a simulated meter reads (`grid_p_w`, `grid`, `phase_split`,
+    `phase_v`, `meter_stopped`), so the one site meter is served from it.
+    """
+
+    def __init__(self, grid: Grid, solar: Solar, load: Load, seed: int = 1, wall_s: float = 0.0, phases: int = 3):
+        self.grid, self.solar, self.load = grid, solar, load
+        self.rng = random.Random(seed)
+        self.wall_s = wall_s
+        self.phases = phases
+        self.meter_stopped = False
+        self.nodes: dict[str, Plant] = {}
+
+    @classmethod
+    def from_params(cls, params_list, wall_s: float = 0.0) -> "SitePlant":
+        """The site the parameter files describe: load, PV and seed from the first file's `simulation`
+        section (the site's), one node plant per file (its battery, inverter, initial SOC), by node id."""
+        from ..params import SimulationParams
+
+        first = params_list[0].simulation or SimulationParams()
+        site = cls(Grid(), Solar(first.pv_peak_w), Load(first.load_avg_w), seed=first.seed, wall_s=wall_s)
+        for params in params_list:
+            node = Plant.from_params(params, wall_s=wall_s)
+            node.grid, node.solar, node.load, node.site = site.grid, site.solar, site.load, site
+            site.nodes[params.identity.node_id] = node
+        return site
+
+    def step(self, dt_s: float, wall_s: float | None = None) -> None:
+        self.wall_s = self.wall_s + dt_s if wall_s is None else wall_s
+        self.grid.step(self.rng, dt_s)
+        self.solar.step(self.rng, dt_s)
+        self.load.step(self.rng, dt_s)
+        for node in self.nodes.values():
+            node.wall_s = self.wall_s
+            node.step_node(dt_s)
+
+    @property
+    def pv_w(self) -> float:
+        return self.solar.power_w(self.wall_s)
+
+    @property
+    def load_w(self) -> float:
+        return self.load.power_w(self.wall_s)
+
+    @property
+    def nodes_p_w(self) -> float:
+        """The sum of every node's inverter power (positive = discharge)."""
+        return sum(node.inverter.p_w for node in self.nodes.values())
+
+    @property
+    def grid_p_w(self) -> float:
+        """At the one connection point, positive = import: load - PV - every node's inverter power."""
+        return self.load_w - self.pv_w - self.nodes_p_w
 
     def phase_split(self, total: float) -> tuple[float, ...]:
         weights = (0.36, 0.33, 0.31)[: self.phases]
