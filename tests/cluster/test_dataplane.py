@@ -109,3 +109,10 @@ def test_membership_marks_silent_members_offline():
     views = {v.node_id: v for v in m.image(now=11.2)}
     assert (views["a"].online, views["b"].online, views["c"].online) == (False, True, False)
     assert views["c"].age_s is None and m.ignored["not a member"] == 1
+
+
+def test_importing_the_cluster_leaves_the_socket_module_intact():
+    import socket
+
+    import mastercontroller.consensus  # noqa: F401  (pysyncobj patches socket.inet_ntop on import)
+    assert socket.inet_ntop(socket.AF_INET, bytes([127, 0, 0, 1])) == "127.0.0.1"
