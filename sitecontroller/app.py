@@ -46,8 +46,12 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
         site = SimulatedSite(params, clock)
         await site.start()
     devices = make_devices(params, clock, plant=site.plant if site else None)
-    runtime = NodeRuntime(params, clock, devices,
-                          services=[lambda node: ControlServer(params.control.endpoint, node)])
+    services = [lambda node: ControlServer(params.control.endpoint, node)]
+    if params.features.CLUSTER:
+        from mastercontroller.service import ClusterService
+
+        services.insert(0, ClusterService)  # a member before the endpoint answers for it
+    runtime = NodeRuntime(params, clock, devices, services=services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -143,6 +143,12 @@ def cmd_run(args) -> int:
 
 def cmd_check_params(args) -> int:
     params = _load_or_exit(args.file)
+    from .preflight import cluster_key_problems
+
+    problems = cluster_key_problems(params)
+    if problems:
+        print("\n".join(f"{args.file}: {line}" for line in problems), file=sys.stderr)
+        return 2
     print(f"{args.file}: ok (node {params.identity.node_id} of site {params.identity.site_id})")
     return 0
 
@@ -233,6 +239,16 @@ def cmd_state_diagram(args) -> int:
     return 0
 
 
+def add_talk_options(p) -> None:
+    """How a talking command finds its node."""
+    p.add_argument("--params", metavar="FILE", help="the node's parameter file (for its control endpoint)")
+    p.add_argument("--endpoint", metavar="tcp://HOST:PORT",
+                   help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
+    p.add_argument("--node", metavar="ID",
+                   help="a node of the site scripts/run-sim --nodes N runs (its node id, e.g. node2; "
+                        "default: the first that answers)")
+
+
 HOLD_MIN_S = 1.0  # at least one cycle, and long enough for the acknowledgement to arrive
 HOLD_MAX_S = 86_400.0
 
@@ -279,14 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="site parameter file (JSON)")
     p.set_defaults(func=cmd_check_params)
 
-    def talk(name, help_text, func):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--params", metavar="FILE", help="the node's parameter file (for its control endpoint)")
-        p.add_argument("--endpoint", metavar="tcp://HOST:PORT",
-                       help=f"the node's control endpoint (default: {DEFAULT_ENDPOINT}, or the only node running here)")
-        p.add_argument("--node", metavar="ID",
-                       help="a node of the site scripts/run-sim --nodes N runs (its node id, e.g. node2; "
-                            "default: the first that answers)")
+    def talk(name, help_text, func, parent=sub):
+        p = parent.add_parser(name, help=help_text)
+        add_talk_options(p)
         p.set_defaults(func=func)
         return p
 
@@ -316,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .sim.cli import add_sim_parser  # `sitecontroller sim faults|fault|state` (simulator process)
 
     add_sim_parser(sub)
+    from mastercontroller.cli import add_cluster_parser  # `sitecontroller cluster keygen|status|setpoint`
+
+    add_cluster_parser(sub, talk)
     return ap
 
 

@@ -1,6 +1,7 @@
 """The node's local control endpoint: status and commands over ZeroMQ (JSON).
 
-Requests: {"op": "status"} or {"op": "command", "command": {...}, "wait_s": 2}.
+Requests: {"op": "status"}, {"op": "cluster_status"} (a cluster member) or
+{"op": "command", "command": {...}, "wait_s": 2}.
 Replies: {"ok": true, "status": {...}} or {"ok": true, "ack": {...}}, or
 {"ok": false, "error": "..."}. A command reply carries its final
 acknowledgement as soon as the node has carried it out; if that takes longer
@@ -39,7 +40,11 @@ class ControlServer(JsonEndpoint):
             if not ack.final and wait_s > 0:
                 ack = await commands.wait_final(ack.id, wait_s)  # woken by the executor's finish()
             return {"ok": True, "ack": ack.to_dict()}
-        return {"ok": False, "error": f"unknown op {op!r}; allowed: status, command"}
+        if op == "cluster_status":
+            if self.node.cluster is None:
+                return {"ok": False, "error": "this node is not a cluster member (features.CLUSTER is off)"}
+            return {"ok": True, "cluster": self.node.cluster.cluster_status()}
+        return {"ok": False, "error": f"unknown op {op!r}; allowed: status, command, cluster_status"}
 
 
 class NodeUnreachable(Exception):

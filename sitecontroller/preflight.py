@@ -148,8 +148,28 @@ def run_preflight(params, simulate: bool = False) -> list[str]:
     if data_dir_problem:
         problems.append(data_dir_problem)
     problems += check_ports(listeners(params, control=True, devices=simulate))
+    problems += cluster_key_problems(params)
     endpoint = params.control.endpoint
     if endpoint.startswith("ipc://") and ipc_in_use(endpoint[len("ipc://"):]):
         problems.append(f"{endpoint} (control.endpoint) is in use by another process; "
                         f"is this node already running? Stop it, or give this node another endpoint")
     return problems
+
+
+def cluster_key_problems(params) -> list[str]:
+    """A cluster member needs its key pair in its data directory, and the member list must carry
+    its public key (one line each, naming the JSON path or the file)."""
+    if not params.features.CLUSTER:
+        return []
+    from mastercontroller import keys
+
+    hint = f"create them with: sitecontroller cluster keygen --params FILE (data directory {params.data_dir})"
+    try:
+        public, _ = keys.load(params.data_dir)
+    except (KeyError, ValueError, OSError) as exc:
+        return [f"cluster keys: {str(exc).strip(chr(39))}; {hint}"]
+    for i, member in enumerate(params.cluster.members):
+        if member.node_id == params.identity.node_id and member.public_key != public:
+            return [f"$.cluster.members[{i}].public_key: found {member.public_key!r}; allowed: this node's public key "
+                    f"{public!r} (from {params.data_dir / keys.PUBLIC_FILE})"]
+    return []

@@ -1,0 +1,77 @@
+"""`sitecontroller cluster keygen|status|setpoint`: the operator's view of the cluster."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def cmd_keygen(args) -> int:
+    from sitecontroller.cli import _load_or_exit
+
+    from . import keys
+
+    params = _load_or_exit(args.params)
+    directory = params.data_dir
+    if (directory / keys.SECRET_FILE).exists() and not args.force:
+        public, _ = keys.load(directory)
+        print(f"sitecontroller cluster keygen: {directory / keys.SECRET_FILE} exists (public key {public}); "
+              "--force replaces it, and every member's parameter file must then list the new public key",
+              file=sys.stderr)
+        return 1
+    public = keys.generate(directory)
+    print(public)
+    print(f"key pair written to {directory} (the secret stays there); list this public key as "
+          f"{params.identity.node_id}'s public_key in cluster.members of every member's parameter file",
+          file=sys.stderr)
+    return 0
+
+
+def _line(c: dict) -> str:
+    lease = " (lease)" if c["has_lease"] else ""
+    return (f"cluster: leader {c['leader'] or 'none'} term {c['term']}  mode {c['mode']}  target {c['target_w']:.0f} W  "
+            f"actual {c['actual_w']:.0f} W  unplaced {c['unplaced_w'] or 0:.0f} W  (asked {c['node_id']}, "
+            f"{c['role']}{lease})")
+
+
+def cmd_status(args) -> int:
+    from sitecontroller.cli import _ask
+
+    c = _ask(args, {"op": "cluster_status"})["cluster"]
+    if args.json:
+        print(json.dumps(c))
+        return 0
+    print(_line(c))
+    for m in c["members"]:
+        if m["state"] is None:
+            print(f"  {m['node_id']:<10} never heard")
+            continue
+        soc = "n/a" if m["soc"] is None else f"{m['soc'] * 100:5.1f}%"
+        p = "n/a" if m["p_w"] is None else f"{m['p_w']:+6.0f} W"
+        lim = m["limits"]
+        print(f"  {m['node_id']:<10} {'online ' if m['online'] else 'OFFLINE'} {m['state']:<11} soc {soc}  p {p}  "
+              f"setpoint {m['setpoint_w']:+6.0f} W  allowed -{lim['charge_w']:.0f}..+{lim['discharge_w']:.0f} W")
+    return 0
+
+
+def cmd_setpoint(args) -> int:
+    from sitecontroller.cli import _command
+
+    return _command(args, {"type": "cluster_setpoint", "target_w": args.w})
+
+
+def add_cluster_parser(sub, talk) -> None:
+    from sitecontroller.cli import _watts
+
+    cluster = sub.add_parser("cluster", help="the site cluster: keys, status, target (a member with features.CLUSTER)")
+    csub = cluster.add_subparsers(dest="cluster_cmd", required=True, metavar="COMMAND",
+                                  help="what to do (each has its own --help)")
+    p = csub.add_parser("keygen", help="create this node's CurveZMQ key pair in its data directory; prints the public key")
+    p.add_argument("--params", required=True, metavar="FILE", help="the node's parameter file (for its data directory)")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keygen)
+    p = talk("status", "leader, term, mode, target, actual and every member (from any member)", cmd_status, csub)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object (leader, term, mode, target_w, actual_w, unplaced_w, members, ...)")
+    p = talk("setpoint", "set the cluster's power target through the Raft log (positive = discharge)", cmd_setpoint,
+             csub)
+    p.add_argument("--w", type=_watts, required=True, metavar="W", help="watts for the whole cluster, e.g. 6000 or -4000")
