@@ -238,14 +238,18 @@ def _free_port() -> int:
 
 
 def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: bool = False,
-                     socs: list[float] | None = None) -> list[Path]:
+                     socs: list[float] | None = None, cluster: bool = True) -> list[Path]:
     """Write node1.json .. nodeN.json into `site_dir` from `templates` (node K: template K mod len) and return them.
 
     Each node: node id `nodeK` (the first template's site id), its own control endpoint, inverter port and
     BMS bus (SLCAN on TCP), data directory `site_dir/var/nodeK`, starting SOC and seed; all share the
-    first template's meter (the site's one meter) and the simulator endpoint. `features.CLUSTER` stays
-    false (each node runs alone for now).
+    first template's meter (the site's one meter) and the simulator endpoint. With `cluster` (the default)
+    the nodes form one cluster: `features.CLUSTER` on, each node's key pair in its data directory (made
+    once, kept across runs), and the same member list (Raft and data-plane ports, public keys) in every
+    file; without it each node runs alone.
     """
+    from mastercontroller import keys
+
     socs = socs or default_socs(n)
     first = json.loads(templates[0].read_text())
     port = (lambda _k, _i: _free_port()) if free_ports else (lambda k, i: DEVICE_PORT + 10 * k + i)
@@ -254,6 +258,15 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
     if meter and meter.get("port"):
         meter["port"] = port(0, 1)
     site_dir.mkdir(parents=True, exist_ok=True)
+    members = []
+    for k in range(n):
+        data_dir = site_dir / "var" / f"node{k + 1}"
+        try:
+            public, _ = keys.load(data_dir)
+        except (KeyError, ValueError):
+            public = keys.generate(data_dir)
+        members.append({"node_id": f"node{k + 1}", "raft": f"127.0.0.1:{port(k, 5)}",
+                        "data": f"127.0.0.1:{port(k, 6)}", "public_key": public})
     files = []
     for k in range(n):
         data = json.loads(templates[k % len(templates)].read_text())
@@ -270,7 +283,9 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
         if can is not None:
             can.update(interface="slcan", channel=f"socket://127.0.0.1:{port(k, 2)}")
         devices["meter"] = meter
-        data["features"] = {**data.get("features", {}), "CLUSTER": False}
+        data["features"] = {**data.get("features", {}), "CLUSTER": cluster}
+        if cluster:
+            data["cluster"] = {**data.get("cluster", {}), "members": members}
         data["simulation"] = {**(data.get("simulation") or {}), **{key: (first.get("simulation") or {})[key] for key in
                               ("pv_peak_w", "load_avg_w") if key in (first.get("simulation") or {})},
                               "initial_soc": socs[k], "seed": k + 1, "endpoint": sim_endpoint}
@@ -339,19 +354,23 @@ def node_summary(node_id: str, status: dict | None) -> str:
     return f"{node_id} {status.get('state')} {soc} {_w(status.get('p_w'))} W"
 
 
-def site_summary_line(statuses: dict[str, dict | None], plant: dict | None) -> str:
+def site_summary_line(statuses: dict[str, dict | None], plant: dict | None, cluster: dict | None = None) -> str:
     """The line run-sim --nodes N prints every second: the one grid meter, then every node.
 
     `statuses`: node id -> its `status --json` (None: it did not answer); `plant`: the simulator's
     site state (`sim state --json`: grid_p_w, pv_w, load_w, nodes_p_w), None if it did not answer.
-    Hook for the cluster (the integrator extends this): leader, term, cluster target and actual
-    power go between the site part and the nodes, taken from the nodes' statuses."""
+    With a cluster, its part (leader, term, target, actual) comes between the site and the nodes:
+    `cluster` is one member's `cluster status --json` (None: no cluster, or no member answered)."""
     if plant is None:
         site = "site: simulator not answering"
     else:
         site = (f"site grid {_w(plant['grid_p_w'])} W (load {plant['load_w']:.0f} W, pv {plant['pv_w']:.0f} W, "
                 f"nodes {_w(plant['nodes_p_w'])} W)")
-    return " | ".join([site] + [node_summary(node_id, st) for node_id, st in statuses.items()])
+    parts = [site]
+    if cluster is not None:
+        parts.append(f"leader {cluster['leader'] or 'none'} term {cluster['term']} target {cluster['target_w']:.0f} W "
+                     f"actual {cluster['actual_w']:.0f} W")
+    return " | ".join(parts + [node_summary(node_id, st) for node_id, st in statuses.items()])
 
 
 class _Node:
@@ -487,6 +506,22 @@ class SiteSupervisor:
             out[node.node_id] = reply.get("status") if reply.get("ok") else None
         return out
 
+    def cluster(self, statuses: dict[str, dict | None]) -> dict | None:
+        """One member's view of the cluster (the first that answers as a member), None without a cluster."""
+        from ..control_endpoint import NodeUnreachable, request
+
+        for node in self.nodes:
+            st = statuses.get(node.node_id)
+            if st is None or st.get("role", "alone") == "alone" or self._summary_stop.is_set():
+                continue
+            try:
+                reply = request(node.endpoint, {"op": "cluster_status"}, SUMMARY_TIMEOUT_S)
+            except NodeUnreachable:
+                continue
+            if reply.get("ok"):
+                return reply["cluster"]
+        return None
+
     def plant(self) -> dict | None:
         from .endpoint import SimUnreachable, sim_request
 
@@ -502,7 +537,8 @@ class SiteSupervisor:
             nxt += 1.0
             if self._summary_stop.wait(max(0.0, nxt - time.monotonic())):
                 return
-            line = site_summary_line(self.statuses(), self.plant())
+            statuses = self.statuses()
+            line = site_summary_line(statuses, self.plant(), self.cluster(statuses))
             if self._summary_stop.is_set():
                 return
             try:
@@ -519,7 +555,7 @@ def site_main(args, node_args: list[str]) -> int:
     site_dir = Path(args.site_dir).expanduser().resolve() if args.site_dir else ROOT / "var" / f"site-{args.nodes}"
     socs = [args.soc] * args.nodes if args.soc is not None else None
     try:
-        files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs)
+        files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs, args.cluster)
     except (OSError, ValueError, KeyError) as exc:
         say(f"cannot write the node parameter files into {site_dir}: {exc}")
         return 2
@@ -564,6 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--site-dir", metavar="DIR",
                     help="--nodes N: where the node parameter files and data directories go "
                          "(default var/site-N in the repository)")
+    ap.add_argument("--no-cluster", dest="cluster", action="store_false",
+                    help="--nodes N: every node runs alone (local setpoints) instead of as one Raft cluster")
     ap.add_argument("--free-ports", action="store_true",
                     help="--nodes N: free loopback ports the OS picks instead of the examples' ports "
                          "(`sitecontroller ... --node ID` finds them in the site index)")

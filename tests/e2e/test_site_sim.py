@@ -48,8 +48,17 @@ def test_generated_node_files_are_distinct_nodes_behind_one_meter(tmp_path):
     meters = {(p.devices.meter.model, p.devices.meter.host, p.devices.meter.port) for p in params}
     assert meters == {("em24", "127.0.0.1", 15021)}  # every node reads the one site meter
     assert {p.simulation.endpoint for p in params} == {"tcp://127.0.0.1:5560"}
-    assert not any(p.features.CLUSTER for p in params)
+    assert all(p.features.CLUSTER for p in params)  # one cluster: the same members in every file
+    assert len({tuple(p.cluster.members) for p in params}) == 1 and len(params[0].cluster.members) == 3
+    for p in params:  # each node's own key pair, made once, in its data directory
+        from mastercontroller import keys
+        own = next(m for m in p.cluster.members if m.node_id == p.identity.node_id)
+        assert keys.load(p.data_dir)[0] == own.public_key
+    from sitecontroller.preflight import cluster_key_problems
+    assert not any(cluster_key_problems(p) for p in params)
     check_site(params)  # the site simulator takes them
+    again = make_site_params(3, tmp_path / "site", SITE_TEMPLATES)  # a second run keeps the keys
+    assert [load(f).cluster.members for f in again] == [p.cluster.members for p in params]
 
 
 def test_the_one_meter_measures_load_minus_pv_minus_every_node(tmp_path):
@@ -96,7 +105,7 @@ def test_a_node_without_meter_is_allowed_and_the_summary_names_every_node(tmp_pa
 
 # --- scripts/run-sim --nodes 3, real processes (slow) --------------------------------------------
 class Site:
-    def __init__(self, tmp_path: Path, nodes: int):
+    def __init__(self, tmp_path: Path, nodes: int, *extra: str):
         self.tmp_path = tmp_path
         self.env = {**os.environ, "SITECONTROLLER_RUN_DIR": str(tmp_path / "run")}
         self.site_dir = tmp_path / "site"
@@ -104,7 +113,7 @@ class Site:
         self._log_f = open(self.log, "w")
         self.proc = subprocess.Popen(
             ["bash", str(REPO / "scripts" / "run-sim"), "--nodes", str(nodes), "--free-ports",
-             "--site-dir", str(self.site_dir)],
+             "--site-dir", str(self.site_dir), *extra],
             stdout=self._log_f, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True)
 
     def output(self) -> str:
@@ -142,8 +151,8 @@ class Site:
 def site(tmp_path):
     started: list[Site] = []
 
-    def start(nodes: int = 3) -> Site:
-        started.append(Site(tmp_path, nodes))
+    def start(nodes: int = 3, *extra: str) -> Site:
+        started.append(Site(tmp_path, nodes, *extra))
         return started[-1]
 
     try:
@@ -158,7 +167,7 @@ NODES = ["node1", "node2", "node3"]
 
 @pytest.mark.slow
 def test_run_sim_nodes_3_one_meter_per_node_faults_and_a_stop_within_3_s(site, tmp_path):
-    s = site(3)
+    s = site(3, "--no-cluster")  # nodes alone: local setpoints per node
     wait_until(lambda: s.index() is not None, 30, 0.1, "the site index")
     files = [Path(n["params"]) for n in s.index()["nodes"]]
     params = [json.loads(f.read_text()) for f in files]
