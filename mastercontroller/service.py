@@ -33,7 +33,7 @@ from sitecontroller.commands import DONE, FAILED, REJECTED
 from sitecontroller.control.sources import CLUSTER
 
 from . import keys
-from .consensus import ClusterConsensus, ConsensusError, Member
+from .consensus import HEARTBEAT_S, ClusterConsensus, ConsensusError, Member
 from .dataplane import DataPlane, Peer
 from .dispatch import Dispatch, DispatchParams, NodeView, dispatch
 from .fence import TermFence
@@ -67,6 +67,11 @@ class ClusterService:
         self.last: Dispatch | None = None  # this node's last dispatch as leader
         self.heard: DispatchMessage | None = None  # the last dispatch this node executed
         self._seq = 0
+        self._lease_since: float | None = None
+        # A new leader's first dispatch waits until the last one of a dead leader has expired: that one
+        # was sent at most a heartbeat before followers last heard of it, and no election ends sooner
+        # than the minimum election timeout after that (consensus.py).
+        self.hold_s = max(0.0, self.valid_s - (self.consensus.election_s[0] - HEARTBEAT_S))
         self._journal = params.data_dir / "dispatch.jsonl"
         self._term_window: dict | None = None  # the term being executed: for dispatch.jsonl
         self._task: asyncio.Task | None = None
@@ -107,7 +112,12 @@ class ClusterService:
         if self._term_window and now > self._term_window["until_mono"]:
             self._close_term()  # expired: the leader is gone or no longer dispatches to us
         if not self.consensus.has_lease():
-            self.last = None
+            self.last = self._lease_since = None
+            return
+        if self._lease_since is None:
+            self._lease_since = now
+            log.info("leading the cluster (term %d): dispatching in %.2f s", self.consensus.term, self.hold_s)
+        if now - self._lease_since < self.hold_s:
             return
         state = self.consensus.state()
         views = [_node_view(v) for v in self.membership.image(now)]

@@ -167,7 +167,7 @@ class ClusterMember(Strict):
 class ClusterParams(Strict):
     members: list[ClusterMember] = Field(default_factory=list, description="every node of the cluster, this one too")
     lease_s: float = Field(1.5, ge=0.2, le=10, description="a leader dispatches only while it heard a quorum this recently")
-    dispatch_valid_s: float = Field(0.5, ge=0.1, le=10, description="a node executes a cluster setpoint this long")
+    dispatch_valid_s: float = Field(0.3, ge=0.1, le=10, description="a node executes a cluster setpoint this long")
     status_stale_s: float = Field(1.0, gt=0, le=30, description="a member silent this long is offline")
 
     @field_validator("members")
