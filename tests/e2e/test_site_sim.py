@@ -21,7 +21,8 @@ from sitecontroller.params import load, parse
 from sitecontroller.preflight import port_in_use
 from sitecontroller.sim.endpoint import SimUnreachable, sim_request
 from sitecontroller.sim.plant import SitePlant
-from sitecontroller.sim.run_sim import SITE_TEMPLATES, default_socs, make_site_params, site_summary_line
+from sitecontroller.sim.run_sim import SITE_TEMPLATES
+from sitecontroller.sim.run_site import default_socs, make_site_params, site_summary_line
 from sitecontroller.sim.site import check_site
 from tests.e2e.run_sim import alive
 from tests.util import REPO, isolated_example, wait_until
