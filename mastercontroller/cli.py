@@ -1,4 +1,4 @@
-"""`sitecontroller cluster keygen|status|setpoint`: the operator's view of the cluster."""
+"""`sitecontroller cluster keygen|status|setpoint|add|remove`: the operator's view of the cluster."""
 from __future__ import annotations
 
 import json
@@ -59,6 +59,52 @@ def cmd_setpoint(args) -> int:
     return _command(args, {"type": "cluster_setpoint", "target_w": args.w})
 
 
+def _new_member(args) -> dict:
+    """The member to add: from the new node's parameter file (its own entry of cluster.members)
+    or from --id/--raft/--data/--public-key; one clear line and exit 2 otherwise."""
+    from sitecontroller.cli import _load_or_exit
+
+    fields = {"node_id": args.id, "raft": args.raft, "data": args.data, "public_key": args.public_key}
+    if args.member_params:
+        if any(v is not None for v in fields.values()):
+            print("sitecontroller cluster add: give --member-params FILE or --id/--raft/--data/--public-key, not both",
+                  file=sys.stderr)
+            sys.exit(2)
+        params = _load_or_exit(args.member_params)
+        me = params.identity.node_id
+        entry = next((m for m in params.cluster.members if m.node_id == me), None)
+        if entry is None:
+            print(f"sitecontroller cluster add: {args.member_params}: cluster.members does not list this node ({me})",
+                  file=sys.stderr)
+            sys.exit(2)
+        return entry.model_dump()
+    missing = [f"--{k.replace('_', '-')}" for k, v in (("id", args.id), ("raft", args.raft), ("data", args.data),
+                                                       ("public_key", args.public_key)) if v is None]
+    if missing:
+        print(f"sitecontroller cluster add: missing {', '.join(missing)} (or give --member-params FILE)",
+              file=sys.stderr)
+        sys.exit(2)
+    return fields
+
+
+def cmd_add(args) -> int:
+    from sitecontroller.cli import _command
+
+    from .service import PROPOSE_TIMEOUT_S
+
+    member = _new_member(args)
+    return _command(args, {"type": "cluster_add_member", "member": member}, wait_s=PROPOSE_TIMEOUT_S + 0.5)
+
+
+def cmd_remove(args) -> int:
+    from sitecontroller.cli import _command
+
+    from .service import PROPOSE_TIMEOUT_S
+
+    return _command(args, {"type": "cluster_remove_member", "node_id": args.member_id},
+                    wait_s=PROPOSE_TIMEOUT_S + 0.5)
+
+
 def add_cluster_parser(sub, talk) -> None:
     from sitecontroller.cli import _watts
 
@@ -75,3 +121,14 @@ def add_cluster_parser(sub, talk) -> None:
     p = talk("setpoint", "set the cluster's power target through the Raft log (positive = discharge)", cmd_setpoint,
              csub)
     p.add_argument("--w", type=_watts, required=True, metavar="W", help="watts for the whole cluster, e.g. 6000 or -4000")
+    p = talk("add", "add a running node to the cluster (Raft membership change, through any member); start the new "
+             "node first with every member, itself too, in its cluster.members", cmd_add, csub)
+    p.add_argument("--member-params", metavar="FILE",
+                   help="the NEW node's parameter file: its own entry of cluster.members is added")
+    p.add_argument("--id", metavar="ID", help="the new node's id (instead of --member-params)")
+    p.add_argument("--raft", metavar="IP:PORT", help="its Raft address")
+    p.add_argument("--data", metavar="IP:PORT", help="its data-plane (status/dispatch) address")
+    p.add_argument("--public-key", metavar="KEY", help="its CurveZMQ public key (`cluster keygen` printed it)")
+    p = talk("remove", "remove a node from the cluster (through any other member); it gets no more setpoints "
+             "and ramps to 0 W", cmd_remove, csub)
+    p.add_argument("member_id", metavar="ID", help="the node id to remove")

@@ -75,6 +75,7 @@ class Member:
     node_id: str
     address: str      # "127.0.0.1:PORT" of its Raft ROUTER socket
     public_key: str   # Z85 CURVE public key (40 characters)
+    data: str | None = None  # "127.0.0.1:PORT" of its data-plane publisher (service.py)
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ class ClusterConsensus:
             useFork=False,              # never fork a process that holds a ZMQ context
             onStateChanged=self._on_state_changed,
         )
-        nodes = {m.node_id: ZmqNode(m.node_id, m.address, m.public_key) for m in self._members}
+        nodes = {m.node_id: ZmqNode(m.node_id, m.address, m.public_key, m.data) for m in self._members}
         self_node = nodes.pop(self.self_id)
         holder = {}
 
@@ -308,6 +309,16 @@ class ClusterConsensus:
         n = len(t.peer_ids) + 1
         return obj._isLeader() and 1 + t.acked_since(since) > n / 2
 
+    def members(self) -> list[Member]:
+        """The members as the Raft log has them now (the configured list, then every add/remove
+        applied from the log, also after a restart): this node first."""
+        obj = self._obj
+        me = next(m for m in self._members if m.node_id == self.self_id)
+        if obj is None:
+            return [me] + [m for m in self._members if m is not me]
+        others = sorted(obj.otherNodes, key=lambda n: n.id)
+        return [me] + [Member(n.id, n.address, n.public_key, getattr(n, "data", None)) for n in others]
+
     def state(self) -> ClusterState:
         return self._sm.state.copy()
 
@@ -366,8 +377,18 @@ class ClusterConsensus:
     def add_member(self, member: Member, timeout_s: float = 5.0) -> None:
         """Add a node (started beforehand with the full member list) to the cluster."""
         _check_address(member.address, f"member {member.node_id}")
+        if member.data is not None:
+            _check_address(member.data, f"member {member.node_id} data")
         keys.check_public(member.public_key)
-        node = ZmqNode(member.node_id, member.address, member.public_key)
+        for m in self.members():
+            if m.node_id == member.node_id:
+                raise ValueError(f"add member: {member.node_id!r} is already a member")
+            clash = {member.address, member.data} & {m.address, m.data}
+            if clash - {None}:
+                raise ValueError(f"add member: address {', '.join(sorted(clash - {None}))} is {m.node_id}'s")
+            if m.public_key == member.public_key:
+                raise ValueError(f"add member: that public key is {m.node_id}'s")
+        node = ZmqNode(member.node_id, member.address, member.public_key, member.data)
         with self._change_lock:
             self._wait(f"add member {member.node_id}",
                        lambda cb: self._obj.addNodeToCluster(node, callback=cb), timeout_s)

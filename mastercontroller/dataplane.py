@@ -30,6 +30,8 @@ from .messages import DISPATCH, STATUS, DispatchMessage, StatusMessage, decode
 
 log = logging.getLogger("mastercontroller.dataplane")
 
+REDIAL_S = 2.0  # a member silent this long is dialled again
+
 
 @dataclass(frozen=True, slots=True)
 class Peer:
@@ -70,6 +72,7 @@ class DataPlane:
         self.on_status, self.on_dispatch = on_status, on_dispatch
         self.allowed = AllowedKeys([p.public_key for p in peers], "data plane")
         self.dropped: Counter[str] = Counter()
+        self.redials: Counter[str] = Counter()
         self._ctx: zmq.asyncio.Context | None = None
         self._auth: AsyncioAuthenticator | None = None
         self._pub: zmq.asyncio.Socket | None = None
@@ -97,13 +100,18 @@ class DataPlane:
         sub.setsockopt(zmq.SUBSCRIBE, STATUS)
         sub.setsockopt(zmq.SUBSCRIBE, DISPATCH)
         sub.connect(tcp(peer.data))
+        self.allowed.keys.add(peer.public_key)  # it may subscribe to us too
         self.peers[peer.node_id] = peer
         self._subs[peer.node_id] = sub
         self._tasks[peer.node_id] = asyncio.create_task(self._receive(peer.node_id, sub), name=f"sub-{peer.node_id}")
 
     async def disconnect(self, node_id: str) -> None:
+        """Stop listening to a member that left; new subscriptions with its key are refused
+        (one already open is not cut: it only hears what every member hears)."""
         task, sub = self._tasks.pop(node_id, None), self._subs.pop(node_id, None)
-        self.peers.pop(node_id, None)
+        peer = self.peers.pop(node_id, None)
+        if peer is not None and peer.public_key != self._public.decode():
+            self.allowed.keys.discard(peer.public_key)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -121,8 +129,17 @@ class DataPlane:
             self.dropped["send queue full"] += 1
 
     async def _receive(self, node_id: str, sub: zmq.asyncio.Socket) -> None:
+        address = tcp(self.peers[node_id].data)
         while True:
-            frames = await sub.recv_multipart()
+            try:
+                frames = await asyncio.wait_for(sub.recv_multipart(), REDIAL_S)
+            except asyncio.TimeoutError:
+                # Silent: it is down, or it refused our key (libzmq gives up after a refused
+                # handshake; e.g. we were not yet a member when we first dialled): dial again.
+                sub.disconnect(address)
+                sub.connect(address)
+                self.redials[node_id] += 1
+                continue
             try:
                 if len(frames) != 2:
                     raise ValueError(f"{len(frames)} frames")
@@ -154,4 +171,5 @@ class DataPlane:
             self._ctx = None
 
     def stats(self) -> dict:
-        return {"refused_keys": sum(self.allowed.refused.values()), "dropped": dict(self.dropped)}
+        return {"refused_keys": sum(self.allowed.refused.values()), "dropped": dict(self.dropped),
+                "redials": dict(self.redials)}

@@ -14,8 +14,12 @@ A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
   setpoint source like any other: the node's limiter, protection and state machine
   still narrow it. No fresh dispatch (leader lost) ⇒ the arbiter has no source and the
   node ramps to 0 W, saying why in its status;
-- **cluster commands** (`cluster_setpoint`): proposed to the Raft log from a worker
-  thread; the command's final acknowledgement comes once the log has committed it.
+- **members**: the data plane and the process image follow the Raft member list
+  (`consensus.members()`), so a node added or removed at run time (`cluster_add_member`,
+  `cluster_remove_member`) is heard and dispatched to, or dropped, by every member;
+- **cluster commands** (`cluster_setpoint`, `cluster_add_member`, `cluster_remove_member`):
+  carried out through the Raft log from a worker thread; the command's final
+  acknowledgement comes once the log has committed it.
 
 Every executed term is logged to `<data_dir>/dispatch.jsonl` (one line per term the
 node executed: leader, first and last arrival, until when the last one was valid), so
@@ -55,13 +59,14 @@ class ClusterService:
         self.valid_s = cluster.dispatch_valid_s
         public, secret = keys.load(params.data_dir)
         self.consensus = ClusterConsensus(
-            self.me, [Member(m.node_id, m.raft, m.public_key) for m in cluster.members], params.data_dir,
+            self.me, [Member(m.node_id, m.raft, m.public_key, m.data) for m in cluster.members], params.data_dir,
             secret_key=secret, public_key=public, lease_s=cluster.lease_s)
         own = next(m for m in cluster.members if m.node_id == self.me)
         self.plane = DataPlane(self.me, own.data, [Peer(m.node_id, m.data, m.public_key) for m in cluster.members],
                                public_key=public, secret_key=secret,
                                on_status=self._on_status, on_dispatch=self._on_dispatch)
         self.membership = Membership([m.node_id for m in cluster.members], cluster.status_stale_s)
+        self._member_ids = {m.node_id for m in cluster.members}  # what the data plane and membership follow
         self.fence = TermFence(self.me)
         self.dispatch_params = dispatch_params
         self.last: Dispatch | None = None  # this node's last dispatch as leader
@@ -98,10 +103,30 @@ class ClusterService:
         while True:
             deadline += self.period_s
             try:
+                await self._follow_members()
                 self.tick(clock.monotonic())
             except Exception:  # a bug here must not end the node's cluster membership
                 log.exception("cluster tick failed")
             await clock.sleep_until(max(deadline, clock.monotonic()))
+
+    async def _follow_members(self) -> None:
+        """The data plane and the process image follow the Raft member list (add/remove)."""
+        members = {m.node_id: m for m in self.consensus.members()}
+        if members.keys() == self._member_ids:
+            return
+        for node_id in sorted(self._member_ids - members.keys()):
+            log.info("cluster member %s left: no longer heard or dispatched to", node_id)
+            self.membership.remove(node_id)
+            await self.plane.disconnect(node_id)
+        for node_id in sorted(members.keys() - self._member_ids):
+            m = members[node_id]
+            self.membership.add(node_id)
+            if m.data is None:  # a node added without its data address (not through our command)
+                log.error("cluster member %s joined without a data address: it is not heard", node_id)
+            else:
+                self.plane.connect(Peer(node_id, m.data, m.public_key))
+                log.info("cluster member %s joined (raft %s, data %s)", node_id, m.address, m.data)
+        self._member_ids = set(members)
 
     # --- every cycle ------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -185,23 +210,43 @@ class ClusterService:
 
     # --- cluster commands ------------------------------------------------------------------
     def handle(self, cmd, image):
-        if cmd.type != "cluster_setpoint":
+        if cmd.type == "cluster_setpoint":
+            def work():
+                state = self.consensus.propose({"target_w": cmd.target_w}, PROPOSE_TIMEOUT_S)
+                return (f"cluster target {state.target_w:.0f} W (version {state.version})",
+                        {"target_w": state.target_w, "version": state.version})
+        elif cmd.type == "cluster_add_member":
+            m = cmd.member
+            member = Member(m.node_id, m.raft, m.public_key, m.data)
+
+            def work():
+                self.consensus.add_member(member, PROPOSE_TIMEOUT_S)
+                return f"{m.node_id} added (raft {m.raft}, data {m.data})", {"members": self._member_list()}
+        elif cmd.type == "cluster_remove_member":
+            def work():
+                self.consensus.remove_member(cmd.node_id, PROPOSE_TIMEOUT_S)
+                return f"{cmd.node_id} removed", {"members": self._member_list()}
+        else:
             return REJECTED, f"command type {cmd.type!r} is not handled by the cluster service", {}
         loop = asyncio.get_running_loop()
         commands = self.node.commands
 
-        def propose() -> None:
+        def run() -> None:  # a worker thread: the Raft calls block until committed
             try:
-                state = self.consensus.propose({"target_w": cmd.target_w}, PROPOSE_TIMEOUT_S)
-            except (ConsensusError, ValueError) as exc:
+                detail, result = work()
+            except ValueError as exc:
+                outcome = (REJECTED, str(exc), {})
+            except ConsensusError as exc:
                 outcome = (FAILED, str(exc), {})
             else:
-                outcome = (DONE, f"cluster target {state.target_w:.0f} W (version {state.version})",
-                           {"target_w": state.target_w, "version": state.version})
+                outcome = (DONE, detail, result)
             loop.call_soon_threadsafe(lambda: commands.finish(cmd, outcome[0], outcome[1], **outcome[2]))
 
-        loop.run_in_executor(None, propose)
-        return None  # finished by propose() once the log has committed it
+        loop.run_in_executor(None, run)
+        return None  # finished by run() once the log has committed it
+
+    def _member_list(self) -> list[str]:
+        return [m.node_id for m in self.consensus.members()]
 
     # --- what the node and the CLI report ----------------------------------------------------
     @property

@@ -75,10 +75,12 @@ _MONITOR_EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED | zmq.
 
 
 class ZmqNode(Node):
-    """A cluster member: id = node id; address "host:port" of its ROUTER; its Z85 public key."""
+    """A cluster member: id = node id; address "host:port" of its ROUTER; its Z85 public key;
+    `data` "host:port" of its data-plane publisher (not used here: it travels with the node
+    through the Raft log, so every member learns where an added member publishes)."""
 
-    def __init__(self, id, address=None, public_key=None, **kwargs):  # noqa: A002 - pysyncobj's name
-        super().__init__(id, address=address, public_key=public_key, **kwargs)
+    def __init__(self, id, address=None, public_key=None, data=None, **kwargs):  # noqa: A002 - pysyncobj's name
+        super().__init__(id, address=address, public_key=public_key, data=data, **kwargs)
 
     def __repr__(self):
         return f"ZmqNode({self.id!r}, {self.address!r})"

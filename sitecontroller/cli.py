@@ -190,10 +190,10 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _command(args, command: dict) -> int:
+def _command(args, command: dict, wait_s: float = 2.0) -> int:
     command.setdefault("id", uuid.uuid4().hex)
     command["source"] = "cli"
-    ack = _ask(args, {"op": "command", "command": command, "wait_s": 2.0}, timeout_s=4.0)["ack"]
+    ack = _ask(args, {"op": "command", "command": command, "wait_s": wait_s}, timeout_s=wait_s + 2.0)["ack"]
     text = f"{ack['type'] or command['type']} {ack['status']}" + (f": {ack['detail']}" if ack["detail"] else "")
     print(text)
     return 0 if ack["status"] == "done" else 1

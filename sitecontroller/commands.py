@@ -33,7 +33,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 from pydantic import Field, TypeAdapter, ValidationError
 
 from .audit import read_recent
-from .schema_base import Strict
+from .schema_base import ID_PATTERN, ClusterMember, Strict
 from .writer import FileWriter, SyncWriter
 
 log = logging.getLogger("sitecontroller.commands")
@@ -88,7 +88,24 @@ class ClusterSetpoint(_Base):
     target_w: float = Field(..., ge=-MAX_POWER_W, le=MAX_POWER_W, allow_inf_nan=False)
 
 
-_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint)
+class ClusterAddMember(_Base):
+    """Add a node to the running cluster (a Raft membership change). The node runs already, with
+    every member (itself too) in its parameter file; until it is added the members refuse its key."""
+
+    scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
+    type: Literal["cluster_add_member"]
+    member: ClusterMember
+
+
+class ClusterRemoveMember(_Base):
+    """Remove a node from the running cluster; it gets no more setpoints and is no longer heard."""
+
+    scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
+    type: Literal["cluster_remove_member"]
+    node_id: str = Field(..., pattern=ID_PATTERN)
+
+
+_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterAddMember, ClusterRemoveMember)
 Command = Annotated[Union[_TYPES], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
 COMMAND_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _TYPES)

@@ -12,9 +12,8 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from .drivers.bms.config import BmsConfig
 from .drivers.inverter.config import InverterConfig
 from .drivers.meter.config import MeterConfig
-from .schema_base import Strict
+from .schema_base import ID_PATTERN, ClusterMember, Strict  # noqa: F401  (ID_PATTERN: params.py)
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5550"
 DEFAULT_SIM_ENDPOINT = "tcp://127.0.0.1:5560"
 
@@ -151,17 +150,6 @@ class SimulationParams(Strict):
     @classmethod
     def _loopback_only(cls, v: str) -> str:
         return ControlParams._loopback_only(v)
-
-
-HOST_PORT = r"^[A-Za-z0-9.-]+:[0-9]{1,5}$"
-Z85_KEY = r"^[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}$"
-
-
-class ClusterMember(Strict):
-    node_id: str = Field(..., pattern=ID_PATTERN)
-    raft: str = Field(..., pattern=HOST_PORT, description="host:port of its Raft (consensus) socket")
-    data: str = Field(..., pattern=HOST_PORT, description="host:port of its status/dispatch publisher")
-    public_key: str = Field(..., pattern=Z85_KEY, description="its CurveZMQ public key (`sitecontroller cluster keygen`)")
 
 
 class ClusterParams(Strict):

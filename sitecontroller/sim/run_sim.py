@@ -237,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default var/site-N in the repository)")
     ap.add_argument("--no-cluster", dest="cluster", action="store_false",
                     help="--nodes N: every node runs alone (local setpoints) instead of as one Raft cluster")
+    ap.add_argument("--keep-params", action="store_true",
+                    help="--nodes N: run the node files already in --site-dir (node1.json .. nodeN.json) as they are, "
+                         "e.g. after editing one, instead of writing them anew")
     ap.add_argument("--free-ports", action="store_true",
                     help="--nodes N: free loopback ports the OS picks instead of the examples' ports "
                          "(`sitecontroller ... --node ID` finds them in the site index)")
@@ -250,8 +253,8 @@ def main(argv=None) -> int:
         from .run_site import site_main
 
         return site_main(args, node_args)
-    if args.site_dir or args.free_ports:
-        ap.error("--site-dir and --free-ports go with --nodes N (N > 1)")
+    if args.site_dir or args.free_ports or args.keep_params:
+        ap.error("--site-dir, --keep-params and --free-ports go with --nodes N (N > 1)")
     from ..params import ParamsError, load
 
     params_file = Path(args.params or DEFAULT_PARAMS).expanduser().resolve()  # against the caller's directory

@@ -368,11 +368,18 @@ def site_main(args, node_args: list[str]) -> int:
     templates = [Path(args.params).expanduser().resolve()] if args.params else SITE_TEMPLATES
     site_dir = Path(args.site_dir).expanduser().resolve() if args.site_dir else ROOT / "var" / f"site-{args.nodes}"
     socs = [args.soc] * args.nodes if args.soc is not None else None
-    try:
-        files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs, args.cluster)
-    except (OSError, ValueError, KeyError) as exc:
-        say(f"cannot write the node parameter files into {site_dir}: {exc}")
-        return 2
+    if args.keep_params:
+        files = [site_dir / f"node{k + 1}.json" for k in range(args.nodes)]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            say(f"--keep-params: no node file {', '.join(missing)} (run once without --keep-params to write them)")
+            return 2
+    else:
+        try:
+            files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs, args.cluster)
+        except (OSError, ValueError, KeyError) as exc:
+            say(f"cannot write the node parameter files into {site_dir}: {exc}")
+            return 2
     params_list = []
     for f in files:
         try:
