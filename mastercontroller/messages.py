@@ -49,6 +49,7 @@ class DispatchMessage(_Message):
     target_w: float
     unplaced_w: float = 0.0
     setpoints: dict[str, float]
+    decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
 
 
 def decode(topic: bytes, payload: bytes) -> StatusMessage | DispatchMessage:

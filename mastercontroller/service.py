@@ -30,11 +30,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 
 from sitecontroller.commands import DONE, FAILED, REJECTED
 from sitecontroller.control.sources import CLUSTER
+from sitecontroller.cycle import aligned_start
 
 from . import keys
 from .consensus import HEARTBEAT_S, ClusterConsensus, ConsensusError, Member
@@ -47,6 +49,7 @@ from .messages import DispatchMessage, StatusMessage
 log = logging.getLogger("mastercontroller")
 
 PROPOSE_TIMEOUT_S = 3.0
+DISPATCH_LEAD_S = 0.01  # the leader dispatches this long before the members' cycles
 
 
 class ClusterService:
@@ -99,15 +102,20 @@ class ClusterService:
 
     async def _run(self) -> None:
         clock = self.node.clock
-        deadline = clock.monotonic()
+        # DISPATCH_LEAD_S before the members' cycles (cycle.aligned_start): a dispatch reaches
+        # every node just before its cycle writes the inverter.
+        deadline = aligned_start(clock, self.period_s, -DISPATCH_LEAD_S)
         while True:
-            deadline += self.period_s
+            await clock.sleep_until(deadline)
             try:
                 await self._follow_members()
                 self.tick(clock.monotonic())
             except Exception:  # a bug here must not end the node's cluster membership
                 log.exception("cluster tick failed")
-            await clock.sleep_until(max(deadline, clock.monotonic()))
+            deadline += self.period_s
+            late = clock.monotonic() - deadline
+            if late > 0:  # overran: skip the missed slots, keep the phase
+                deadline += self.period_s * math.ceil(late / self.period_s)
 
     async def _follow_members(self) -> None:
         """The data plane and the process image follow the Raft member list (add/remove)."""
@@ -149,6 +157,7 @@ class ClusterService:
         self.last = dispatch(state.target_w, views, self.dispatch_params, self.last)
         self._seq += 1
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=self.valid_s,
+                              decided_wall=self.node.clock.wall(),
                               target_w=state.target_w, unplaced_w=self.last.unplaced_w,
                               setpoints=self.last.setpoints)
         self.plane.publish(msg)
@@ -181,7 +190,7 @@ class ClusterService:
         if p_w is None:
             return
         now = self.node.clock.monotonic()
-        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s,
+        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta={"decided_wall": msg.decided_wall},
                                        origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
         self.heard = msg
         self._note_term(msg, now)

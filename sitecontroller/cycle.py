@@ -16,6 +16,14 @@ from collections.abc import Callable
 log = logging.getLogger("sitecontroller.cycle")
 
 
+def nearest_rank(values, q: float) -> float | None:
+    """The q-th percentile (nearest rank) of `values`; None if there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
 class CycleStats:
     """Start-to-start periods of the last `window` cycles, and overrun counts."""
 
@@ -36,11 +44,8 @@ class CycleStats:
         self.cycles += 1
 
     def percentile_ms(self, q: float) -> float | None:
-        if not self.periods_s:
-            return None
-        ordered = sorted(self.periods_s)
-        idx = min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))
-        return ordered[idx] * 1000
+        value = nearest_rank(self.periods_s, q)
+        return None if value is None else value * 1000
 
     def summary(self) -> dict[str, float | int | None]:
         p50, p99 = self.percentile_ms(50), self.percentile_ms(99)
@@ -81,9 +86,23 @@ class Deadlines:
         return self.current
 
 
-async def run_cycles(clock, period_s: float, step: Callable[[], None], stop: asyncio.Event, stats: CycleStats) -> None:
-    """Call `step` once per period until `stop` is set."""
-    deadlines = Deadlines(period_s, clock.monotonic())
+def aligned_start(clock, period_s: float, offset_s: float = 0.0) -> float:
+    """The monotonic time of the next wall-clock instant `k * period_s + offset_s`.
+
+    Cluster members start their cycles there, so nodes whose clocks agree (NTP) run in step
+    and the leader's dispatch, sent a little before that instant, reaches every node just
+    before its cycle (mastercontroller/service.py). Clocks that disagree cost latency (up to
+    one period), never safety. A later step of the wall clock is not followed (monotonic
+    deadlines never jump)."""
+    return clock.monotonic() + (offset_s - clock.wall()) % period_s
+
+
+async def run_cycles(clock, period_s: float, step: Callable[[], None], stop: asyncio.Event, stats: CycleStats,
+                     t0: float | None = None) -> None:
+    """Call `step` once per period until `stop` is set; the first at `t0` (monotonic; default now)."""
+    if t0 is not None:
+        await clock.sleep_until(t0)
+    deadlines = Deadlines(period_s, clock.monotonic() if t0 is None else t0)
     while not stop.is_set():
         stats.started(clock.monotonic())
         step()

@@ -15,6 +15,7 @@ from dataclasses import replace
 from . import control
 from .commands import CommandBook
 from .control import ControlInput, Decision, FollowMonitor, SetpointSources
+from .control.sources import SetpointAge
 from .cycle import CycleStats
 from .drivers.base import BmsCommand, InverterCommand
 from .drivers.factory import Devices
@@ -48,6 +49,7 @@ class Node:
         self.started_at = clock.monotonic()
         self.mode = "cluster" if params.features.CLUSTER else "local"
         self.sources = SetpointSources(params.staleness.setpoint_s)
+        self.setpoint_age = SetpointAge()  # decision of the setpoint's origin -> our inverter command
         self.responses = tuple(responses)  # additive controllers (frequency response, …)
         self.executor = CommandExecutor(self)
         self.stop = OrderlyStop()
@@ -111,6 +113,8 @@ class Node:
     def _write(self, decision: Decision) -> None:
         self.decision = decision
         self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run))
+        if decision.source is not None and self.image is not None:
+            self.setpoint_age.observe(self.image.setpoints.get(decision.source), self.clock.wall())
         self.devices.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
 
     def begin_stop(self) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from . import orderly_stop
-from .cycle import run_cycles
+from .cycle import aligned_start, run_cycles
 from .drivers.factory import Devices
 from .node import Node
 from .run_marker import RunMarker
@@ -63,9 +63,10 @@ class NodeRuntime:
             unclean = self.marker.start()
             self.node.errors.sync("run_marker", {"UNCLEAN_EXIT": unclean} if unclean else {})
         await self.devices.start()
+        period = self.params.cycle.period_s
+        t0 = aligned_start(self.clock, period) if self.params.features.CLUSTER else None  # members cycle in step
         self._cycles = asyncio.create_task(
-            run_cycles(self.clock, self.params.cycle.period_s, self.node.step, self.stopping, self.node.stats),
-            name="cycle")
+            run_cycles(self.clock, period, self.node.step, self.stopping, self.node.stats, t0), name="cycle")
         self._watch = asyncio.create_task(self._watch_exit(), name="exit-watch")
         for factory in self._factories:
             service = factory(self.node)

@@ -71,6 +71,7 @@ class NodeStatus:
     setpoints: dict[str, Any] = field(default_factory=dict)  # every fresh source: {name: {p_w, origin, valid_s}}
     role: str = "alone"  # "leader" | "follower" | "candidate" in a cluster; "alone" without one
     term: int | None = None  # the Raft term this node is in (None: no cluster)
+    setpoint_age_ms: dict[str, float] | None = None  # origin's decision -> inverter command: p50, p99, max, n
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -119,4 +120,5 @@ def snapshot(node) -> NodeStatus:
         setpoints=setpoints,
         role="alone" if node.cluster is None else node.cluster.role,
         term=None if node.cluster is None else node.cluster.consensus.term,
+        setpoint_age_ms=node.setpoint_age.summary(),
     )

@@ -12,9 +12,12 @@ another thread hands its value over with `loop.call_soon_threadsafe`).
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping
+
+from ..cycle import nearest_rank
 
 # Every source the node knows, in the order the README documents them.
 LOCAL, CLUSTER, SCADA, CLOUD = "local", "cluster", "scada", "cloud"
@@ -56,6 +59,30 @@ class SetpointInbox:
 
     def latest(self) -> SetpointReading | None:
         return self._latest
+
+
+class SetpointAge:
+    """How old each new setpoint is when the cycle hands it to the inverter driver (which
+    writes at once): from its origin's decision (`meta["decided_wall"]`, the leader's clock
+    for a cluster dispatch) to this node's clock at the write, in ms. One sample per new
+    reading of the owning source; the last `window`. Across machines it includes their
+    clock offset (NTP)."""
+
+    def __init__(self, window: int = 3000):
+        self.ms: deque[float] = deque(maxlen=window)
+        self._last_t: float | None = None
+
+    def observe(self, reading: SetpointReading | None, wall_now: float) -> None:
+        if reading is None or reading.t == self._last_t or not reading.meta.get("decided_wall"):
+            return
+        self._last_t = reading.t
+        self.ms.append((wall_now - reading.meta["decided_wall"]) * 1000)
+
+    def summary(self) -> dict[str, float] | None:
+        if not self.ms:
+            return None
+        return {"p50": round(nearest_rank(self.ms, 50), 2), "p99": round(nearest_rank(self.ms, 99), 2),
+                "max": round(max(self.ms), 2), "n": len(self.ms)}
 
 
 class SetpointSources:

@@ -68,3 +68,43 @@ def test_statistics_report_p50_p99_max():
 def test_deadlines_reject_a_zero_period():
     with pytest.raises(ValueError):
         Deadlines(0.0, 0.0)
+
+
+@pytest.mark.parametrize("wall,offset,expected_wait", [
+    (1_780_000_000.00, 0.0, 0.0),     # on the grid: start now
+    (1_780_000_000.03, 0.0, 0.07),    # 30 ms past a wall-clock tenth: wait 70 ms
+    (1_780_000_000.03, -0.01, 0.06),  # the leader's dispatch, 10 ms before the members' cycles
+    (1_780_000_000.095, -0.01, 0.095),
+])
+def test_members_start_their_cycles_on_the_same_wall_clock_grid(wall, offset, expected_wait):
+    from sitecontroller.cycle import aligned_start
+
+    clock = SimClock(start_mono=50.0, start_wall=wall)
+    assert aligned_start(clock, 0.1, offset) == pytest.approx(50.0 + expected_wait, abs=1e-6)
+
+
+def test_a_first_cycle_at_t0_and_then_on_its_grid():
+    clock = SimClock(start_mono=0.0)
+    stop, starts = asyncio.Event(), []
+
+    def step():
+        starts.append(round(clock.monotonic(), 9))
+        if len(starts) == 3:
+            stop.set()
+
+    asyncio.run(run_cycles(clock, 0.1, step, stop, CycleStats(), t0=0.042))
+    assert starts == [pytest.approx(0.042 + k * 0.1) for k in range(3)]
+
+
+def test_setpoint_age_counts_each_new_reading_once_and_only_with_an_origin_decision():
+    from sitecontroller.control.sources import SetpointAge, SetpointInbox
+
+    age, inbox = SetpointAge(), SetpointInbox("cluster", 1.0)
+    assert age.summary() is None
+    for k in range(100):
+        r = inbox.put(1000.0, float(k), meta={"decided_wall": 500.0 + k})
+        age.observe(r, 500.0 + k + (0.012 if k < 99 else 0.090))
+        age.observe(r, 600.0 + k)  # the same reading again (the next cycle): not a new sample
+    age.observe(inbox.put(1000.0, 200.0), 900.0)  # no origin decision (a local request): nothing
+    age.observe(None, 901.0)
+    assert age.summary() == {"p50": 12.0, "p99": 12.0, "max": 90.0, "n": 100}
