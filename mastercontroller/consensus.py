@@ -38,6 +38,7 @@ from a pysyncobj callback).
 from __future__ import annotations
 
 import functools
+import itertools
 import ipaddress
 import json
 import logging
@@ -62,6 +63,8 @@ TICK_S = 0.02
 STICK_MARGIN_S = 0.05      # vote stickiness = raftMinTimeout - this
 LEASE_MARGIN_S = 0.02      # lease window = stickiness - this
 CLOSE_TIMEOUT_S = 1.0
+RETRY_AFTER_S = 1.0        # propose: an attempt not committed this soon is proposed again
+RETRY_PAUSE_S = 0.05
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
 _CHANGE_KEYS = ("mode", "mode_params", "target_w", "limits")
 
@@ -367,9 +370,25 @@ class ClusterConsensus:
     def propose(self, change: dict, timeout_s: float = 2.0) -> ClusterState:
         """Apply `change` (keys among mode, mode_params, target_w, limits) through the Raft log;
         return the committed state (version bumped). Raises ValueError for a bad change,
-        ConsensusError on no leader/timeout."""
+        ConsensusError on no leader/timeout.
+
+        pysyncobj never retries a command forwarded to the leader whose request or reply was
+        lost (seen right after a partition heals), so an attempt that is not committed within
+        ``RETRY_AFTER_S`` is proposed again until ``timeout_s``. A change sets values, so
+        applying it twice is harmless (the version then rises by two)."""
         change = validate_change(change)
-        result = self._wait("propose", lambda cb: self._sm.apply_change(change, callback=cb), timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for attempt in itertools.count(1):
+            left = deadline - time.monotonic()
+            try:
+                result = self._wait("propose", lambda cb: self._sm.apply_change(change, callback=cb),
+                                    max(0.01, min(RETRY_AFTER_S, left)))
+                break
+            except ConsensusError as e:
+                if deadline - time.monotonic() < RETRY_PAUSE_S + 0.05:
+                    raise ConsensusError(f"{e} [{attempt} attempt(s) in {timeout_s:g} s]") from None
+                log.info("cluster node %s: %s; proposing again", self.self_id, e)
+                time.sleep(RETRY_PAUSE_S)
         if isinstance(result, tuple) and result and result[0] == "error":
             raise ValueError(result[1])
         return result.copy()

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import os
 import signal
 import subprocess
 import sys
@@ -65,14 +66,17 @@ def say(text: str) -> None:
     print(f"run-sim: {text}", file=sys.stderr, flush=True)
 
 
-def _child_setup(ignore_sigint: bool):
+def _child_setup(own_session: bool):
+    """`own_session` (the simulator): out of the site's process group, so Ctrl-C or a SIGTERM to
+    the group (a service manager's stop) reaches the nodes only, and they can still stop their
+    simulated devices in order; the supervisor stops the simulator after them."""
     def setup() -> None:
+        if own_session:
+            os.setsid()
         try:  # PR_SET_PDEATHSIG = 1: SIGTERM when the supervisor dies, so nothing is left running
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
         except (OSError, AttributeError):
             pass
-        if ignore_sigint:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
     return setup
 
 
@@ -102,7 +106,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "sitecontroller.sim", "--params", str(self.params_file)]
         if self.soc is not None:
             cmd += ["--soc", str(self.soc)]
-        self.sim = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(ignore_sigint=True))
+        self.sim = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(own_session=True))
         endpoint = self.params.simulation.endpoint
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.stopping:
@@ -124,7 +128,7 @@ class Supervisor:
     def _start_node(self, simulate: bool = False) -> None:
         cmd = [sys.executable, "-m", "sitecontroller.cli", "run", "--params", str(self.params_file), "--summary"]
         cmd += (["--simulate"] if simulate else []) + self.node_args
-        self.node = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(ignore_sigint=False))
+        self.node = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(own_session=False))
         say(f"node running (pid {self.node.pid})")
 
     @staticmethod

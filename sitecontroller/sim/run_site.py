@@ -241,7 +241,7 @@ class SiteSupervisor:
         cmd = [sys.executable, "-m", "sitecontroller.sim"]
         for f in self.params_files:
             cmd += ["--params", str(f)]
-        self.sim = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(ignore_sigint=True))
+        self.sim = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(own_session=True))
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline and not self.stopping:
             if self.sim.poll() is not None:
@@ -262,7 +262,7 @@ class SiteSupervisor:
 
     def _start_node(self, node: _Node) -> None:
         cmd = [sys.executable, "-m", "sitecontroller.cli", "run", "--params", str(node.params_file)] + self.node_args
-        node.proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(ignore_sigint=False))
+        node.proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=_child_setup(own_session=False))
         node.restart_at = None
         say(f"node {node.node_id} running (pid {node.proc.pid}, {node.endpoint}, {node.params_file})")
 
