@@ -304,13 +304,28 @@ class ClusterConsensus:
         leader = obj._getLeader() if obj is not None else None
         return leader.id if leader is not None else None
 
-    def has_lease(self) -> bool:
+    def lease_remaining(self) -> float:
+        """Seconds this node still holds the lease (0: it does not). The lease ends
+        ``lease_window_s`` after the send time of the newest heartbeat that a quorum (this
+        node included) acknowledged, and never reaches back before this node became leader."""
         obj, t = self._obj, self._transport
         if obj is None or t is None or not obj._isLeader():
-            return False
-        since = max(time.monotonic() - self.lease_window_s, self._leader_since)
-        n = len(t.peer_ids) + 1
-        return obj._isLeader() and 1 + t.acked_since(since) > n / 2
+            return 0.0
+        now = time.monotonic()
+        need = (len(t.peer_ids) + 1) // 2  # peers that must have acknowledged, besides this node
+        acks = t.newest_acks()
+        if need == 0:
+            anchor = now  # a cluster of one
+        elif len(acks) < need:
+            return 0.0
+        else:
+            anchor = acks[need - 1]
+        if anchor < self._leader_since:
+            return 0.0
+        return max(0.0, anchor + self.lease_window_s - now)
+
+    def has_lease(self) -> bool:
+        return self.lease_remaining() > 0
 
     def members(self) -> list[Member]:
         """The members as the Raft log has them now (the configured list, then every add/remove

@@ -8,7 +8,8 @@ A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
   its status; every member's status feeds `Membership`, the cluster process image;
 - **dispatch**: while this node holds the lease it splits the cluster target over the
   members (`dispatch.py`) every cycle and publishes one setpoint per node, stamped with
-  its Raft term, a sequence number and `cluster.dispatch_valid_s`;
+  its Raft term, a sequence number and a validity of `cluster.dispatch_valid_s`, cut at the
+  end of its lease;
 - **execution**: a dispatch that passes the term fence (`fence.py`) goes into the
   node's `cluster` setpoint inbox, valid for `valid_s` from its arrival. It is a
   setpoint source like any other: the node's limiter, protection and state machine
@@ -21,9 +22,11 @@ A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
   carried out through the Raft log from a worker thread; the command's final
   acknowledgement comes once the log has committed it.
 
-Every executed term is logged to `<data_dir>/dispatch.jsonl` (one line per term the
-node executed: leader, first and last arrival, until when the last one was valid), so
-a test or a technician can check after the fact that terms never overlapped.
+Every executed term is logged to `<data_dir>/dispatch.jsonl`: a `start` line when the node
+executes the term's first setpoint, an `end` line when it stops executing it (leader,
+first and last arrival, until when the last one was valid). A node killed mid-term leaves
+a `start` without its `end`. So a test or a technician can check after the fact that terms
+never overlapped.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from sitecontroller.control.sources import CLUSTER
 from sitecontroller.cycle import aligned_start
 
 from . import keys
-from .consensus import HEARTBEAT_S, ClusterConsensus, ConsensusError, Member
+from .consensus import ClusterConsensus, ConsensusError, Member
 from .dataplane import DataPlane, Peer
 from .dispatch import Dispatch, DispatchParams, NodeView, dispatch
 from .fence import TermFence
@@ -49,6 +52,7 @@ from .messages import DispatchMessage, StatusMessage
 log = logging.getLogger("mastercontroller")
 
 PROPOSE_TIMEOUT_S = 3.0
+HOLD_S = 0.1  # a new leader's first dispatch waits this long (see __init__)
 DISPATCH_LEAD_S = 0.01  # the leader dispatches this long before the members' cycles
 
 
@@ -76,10 +80,12 @@ class ClusterService:
         self.heard: DispatchMessage | None = None  # the last dispatch this node executed
         self._seq = 0
         self._lease_since: float | None = None
-        # A new leader's first dispatch waits until the last one of a dead leader has expired: that one
-        # was sent at most a heartbeat before followers last heard of it, and no election ends sooner
-        # than the minimum election timeout after that (consensus.py).
-        self.hold_s = max(0.0, self.valid_s - (self.consensus.election_s[0] - HEARTBEAT_S))
+        # No two leaders' setpoints are ever valid at once: a dispatch is valid for `valid_s` but
+        # never beyond the end of its leader's lease (tick), and no other node can win an election
+        # before that end (vote stickiness, consensus.py), dead or cut-off old leader alike. A new
+        # leader waits HOLD_S more: a node counts validity from a message's arrival, which a busy
+        # event loop may delay.
+        self.hold_s = HOLD_S
         self._journal = params.data_dir / "dispatch.jsonl"
         self._term_window: dict | None = None  # the term being executed: for dispatch.jsonl
         self._task: asyncio.Task | None = None
@@ -144,7 +150,8 @@ class ClusterService:
         self.plane.publish(own)
         if self._term_window and now > self._term_window["until_mono"]:
             self._close_term()  # expired: the leader is gone or no longer dispatches to us
-        if not self.consensus.has_lease():
+        lease_s = self.consensus.lease_remaining()
+        if lease_s <= 0:
             self.last = self._lease_since = None
             return
         if self._lease_since is None:
@@ -156,7 +163,7 @@ class ClusterService:
         views = [_node_view(v) for v in self.membership.image(now)]
         self.last = dispatch(state.target_w, views, self.dispatch_params, self.last)
         self._seq += 1
-        msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=self.valid_s,
+        msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
                               decided_wall=self.node.clock.wall(),
                               target_w=state.target_w, unplaced_w=self.last.unplaced_w,
                               setpoints=self.last.setpoints)
@@ -205,6 +212,7 @@ class ClusterService:
         if w is None:
             log.info("executing dispatch of leader %s, term %d", msg.leader, msg.term)
             w = self._term_window = {"term": msg.term, "leader": msg.leader, "first_wall": wall, "count": 0}
+            self._journal_line({"event": "start", "term": msg.term, "leader": msg.leader, "first_wall": wall})
         w.update(last_wall=wall, until_wall=wall + msg.valid_s, until_mono=now + msg.valid_s)
         w["count"] += 1
 
@@ -212,7 +220,10 @@ class ClusterService:
         w, self._term_window = self._term_window, None
         if w is None:
             return
-        line = {k: w[k] for k in ("term", "leader", "first_wall", "last_wall", "until_wall", "count")}
+        self._journal_line({"event": "end", **{k: w[k] for k in ("term", "leader", "first_wall", "last_wall",
+                                                                  "until_wall", "count")}})
+
+    def _journal_line(self, line: dict) -> None:
         line["node_id"], line["pid"] = self.me, os.getpid()
         if self.node.writer is not None:  # the node's background writer: the loop never waits on the disk
             self.node.writer.append(self._journal, json.dumps(line))

@@ -461,10 +461,10 @@ class ZmqTransport(Transport):
         return True
 
     # ---------------------------------------------------------------- queries (any thread)
-    def acked_since(self, since: float) -> int:
-        """How many peers acknowledged a heartbeat this leader sent at or after `since`."""
+    def newest_acks(self) -> list[float]:
+        """Per current peer, the send time of the newest heartbeat it acknowledged: newest first."""
         with self._lock:
-            return sum(1 for nid, t in self._acked.items() if t >= since and nid in self._nodes)
+            return sorted((t for nid, t in self._acked.items() if nid in self._nodes), reverse=True)
 
     def reset_acks(self):
         with self._lock:

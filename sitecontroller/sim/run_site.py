@@ -66,8 +66,16 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
 
     socs = socs or default_socs(n)
     first = json.loads(templates[0].read_text())
-    port = (lambda _k, _i: _free_port()) if free_ports else (lambda k, i: DEVICE_PORT + 10 * k + i)
-    sim_endpoint = f"tcp://127.0.0.1:{_free_port() if free_ports else SIM_ENDPOINT_PORT}"
+    taken: set[int] = set()
+
+    def fresh_port() -> int:  # the OS may hand a just-closed port out again: never twice in one site
+        while (p := _free_port()) in taken:
+            pass
+        taken.add(p)
+        return p
+
+    port = (lambda _k, _i: fresh_port()) if free_ports else (lambda k, i: DEVICE_PORT + 10 * k + i)
+    sim_endpoint = f"tcp://127.0.0.1:{fresh_port() if free_ports else SIM_ENDPOINT_PORT}"
     meter = dict(first["devices"].get("meter") or {}) or None
     if meter and meter.get("port"):
         meter["port"] = port(0, 1)
@@ -88,7 +96,7 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
         data["identity"] = {**data.get("identity", {}), "node_id": node_id,
                             "site_id": first.get("identity", {}).get("site_id", "sim-site")}
         data["control"] = {**data.get("control", {}),
-                           "endpoint": f"tcp://127.0.0.1:{_free_port() if free_ports else CONTROL_PORT + k}"}
+                           "endpoint": f"tcp://127.0.0.1:{fresh_port() if free_ports else CONTROL_PORT + k}"}
         data["storage"] = {**data.get("storage", {}), "data_dir": str((site_dir / "var" / node_id).resolve())}
         devices = data["devices"]
         if devices["inverter"].get("port"):

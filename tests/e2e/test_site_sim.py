@@ -279,3 +279,20 @@ def test_isolated_single_node_example_still_simulates_alone(tmp_path):
     one = SimulatedSite(parse(isolated_example("sim_node2_pylontech_lux_p1.json", tmp_path)), RealClock())
     assert one.site_plant is None and one.plant.site is None and set(one.sims) == {"bms_bus", "bms", "inverter", "meter"}
     assert one.knobs.devices == ["bms", "inverter", "meter", "battery", "grid"]
+
+
+def test_free_ports_of_a_site_are_never_handed_out_twice(tmp_path, monkeypatch):
+    from sitecontroller.sim import run_site
+
+    handed = iter([40001, 40001, 40001] + list(range(40002, 40200)))  # the OS may give a closed port again
+    monkeypatch.setattr(run_site, "_free_port", lambda: next(handed))
+    data = [json.loads(f.read_text()) for f in make_site_params(3, tmp_path / "site", SITE_TEMPLATES, free_ports=True)]
+
+    def port(text):
+        return int(str(text).rsplit(":", 1)[1])
+    listeners = [port(m[kind]) for m in data[0]["cluster"]["members"] for kind in ("raft", "data")]
+    listeners += [data[0]["devices"]["meter"]["port"], port(data[0]["simulation"]["endpoint"])]
+    for d in data:
+        listeners += [port(d["control"]["endpoint"]), d["devices"]["inverter"]["port"]]
+        listeners += [port(d["devices"]["bms"]["can"]["channel"])] if d["devices"]["bms"].get("can") else []
+    assert 40001 in listeners and len(set(listeners)) == len(listeners), sorted(listeners)
