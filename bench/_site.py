@@ -93,6 +93,17 @@ class Site:
         return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=ROOT, env=self.env,
                               timeout=timeout)
 
+    def start_cluster(self, target_w: float, timeout_s: float = 60.0) -> None:
+        """Wait for the site index and a leader, then set the cluster target (through the Raft log)."""
+        self.wait_index(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            cl = self.ask(self.node_ids[0], "cluster_status")
+            if cl and cl["leader"] and cl["term"] > 0:
+                break
+            time.sleep(0.2)
+        self.set_target(target_w)
+
     def set_target(self, w: float, timeout_s: float = 30.0) -> None:
         """The cluster target through the Raft log (`sitecontroller cluster setpoint`), retried until committed."""
         deadline, last = time.monotonic() + timeout_s, None
@@ -140,8 +151,10 @@ class Site:
             time.sleep(poll_s)
         return None
 
-    def in_group(self, pid: int) -> bool:
+    def in_group(self, pid: int | None) -> bool:
         """Whether `pid` belongs to this run-sim's process group (we only ever signal our own processes)."""
+        if pid is None:
+            return False
         try:
             return os.getpgid(pid) == self.pgid
         except ProcessLookupError:
@@ -191,6 +204,14 @@ class Site:
 
 
 # --- /proc ------------------------------------------------------------------------------------
+def ppid(pid: int) -> int | None:
+    """The parent of `pid` (None: it is gone)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_ticks(pid: int) -> int | None:
     """utime + stime of a process (all its threads), in clock ticks."""
     try:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _site import CLK_TCK, Site, busy_percent, cmdline, cpu_ticks, machine_ticks, rss_kb
+from _site import CLK_TCK, Site, busy_percent, cmdline, cpu_ticks, machine_ticks, ppid, rss_kb
 
 from sitecontroller.cycle import CycleStats  # noqa: E402  (_site puts the repository on sys.path)
 
@@ -51,14 +51,7 @@ def run(args, workdir: Path) -> dict:
     site = Site(workdir)
     t_start = time.monotonic()
     try:
-        site.wait_index(60.0)
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:  # a leader first: the target goes through the Raft log
-            cl = site.ask(site.node_ids[0], "cluster_status")
-            if cl and cl["leader"] and cl["term"] > 0:
-                break
-            time.sleep(0.2)
-        site.set_target(args.target_w)
+        site.start_cluster(args.target_w)
         first = site.wait_following(90.0)
         if first is None:
             raise RuntimeError(f"the three nodes did not follow one leader within 90 s:\n{site.tail()}")
@@ -82,8 +75,8 @@ def run(args, workdir: Path) -> dict:
         procs = {n: start["pids"][n] for n in site.node_ids}
         procs["simulator"] = sim_pid
         procs["run-sim supervisor"] = sup_pid
-        for name, pid in procs.items():
-            if pid is None or not site.in_group(pid):
+        for name, pid in procs.items():  # the simulator has its own session: its parent is in the group
+            if pid is None or not site.in_group(pid if name != "simulator" else ppid(pid)):
                 raise RuntimeError(f"{name}: pid {pid} is not a process of this run-sim")
         if "run_sim" not in cmdline(sup_pid):
             print(f"  note: the supervisor's command line is {cmdline(sup_pid)!r}", file=sys.stderr)

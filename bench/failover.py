@@ -199,14 +199,7 @@ def run_site(kills: int, workdir: Path, target_w: float) -> tuple[list[dict], in
     site = Site(workdir)
     records, failures = [], 0
     try:
-        site.wait_index(60.0)
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:  # a leader first: the target goes through the Raft log
-            cl = site.ask(site.node_ids[0], "cluster_status")
-            if cl and cl["leader"] and cl["term"] > 0:
-                break
-            time.sleep(0.2)
-        site.set_target(target_w)
+        site.start_cluster(target_w)
         for k in range(kills):
             before = site.wait_following(60.0)
             if before is None:
