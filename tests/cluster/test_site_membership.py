@@ -78,6 +78,10 @@ def test_a_node_added_at_run_time_gets_setpoints_and_a_removed_one_ramps_to_zero
     wait_until(lambda: all(members(cluster(s, n)) == FIRST for n in FIRST), 10, 0.2, "three members again")
     wait_until(lambda: (st := s.status("node4")) and st["setpoint_source"] != "cluster" and abs(st["p_w"]) < 50,
                10, 0.2, "node4 ramps to 0 W")
-    wait_until(lambda: abs(cluster(s, "node1")["actual_w"] - 6000) < 150, 15, 0.2, "the three carry 6000 W")
+    try:  # what their limits allow of it: the leader reports the rest as unplaced
+        wait_until(lambda: (c := cluster(s, "node1")) and abs(c["actual_w"] + (c["unplaced_w"] or 0) - 6000) < 150,
+                   15, 0.2, "the three carry 6000 W")
+    except AssertionError:
+        raise AssertionError(f"{cluster(s, 'node1')}\n{s.output()[-3000:]}") from None
     r = s.cli("cluster", "remove", "node9", "--node", "node1")
     assert r.returncode == 1 and "'node9' is not a member" in r.stdout, r.stdout + r.stderr
