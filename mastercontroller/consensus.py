@@ -1,7 +1,7 @@
 """Cluster consensus: pysyncobj Raft over the ZeroMQ/CURVE transport (transport.py).
 
-The replicated state (``ClusterState``: mode, mode parameters, cluster target, cluster
-limits, a version bumped by every change) lives in a pysyncobj consumer; every change goes
+The replicated state (``state.ClusterState``: mode, mode parameters, cluster target, cluster
+limits, a version bumped by every change) lives in a pysyncobj consumer (``state.py``); every change goes
 through the Raft log (``propose`` works on any node: a follower forwards to the leader).
 The journal and the full dump live in ``data_dir``, so a restarted node comes back with its
 state, term and vote.
@@ -40,19 +40,19 @@ from __future__ import annotations
 import functools
 import itertools
 import ipaddress
-import json
 import logging
 import math
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
+from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.config import FAIL_REASON
 
 from mastercontroller import keys
+from mastercontroller.state import ClusterState, StateMachine, validate_change
 from mastercontroller.transport import ZmqNode, ZmqTransport
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,6 @@ CLOSE_TIMEOUT_S = 1.0
 RETRY_AFTER_S = 1.0        # propose: an attempt not committed this soon is proposed again
 RETRY_PAUSE_S = 0.05
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
-_CHANGE_KEYS = ("mode", "mode_params", "target_w", "limits")
 
 
 class ConsensusError(RuntimeError):
@@ -79,88 +78,6 @@ class Member:
     address: str      # "127.0.0.1:PORT" of its Raft ROUTER socket
     public_key: str   # Z85 CURVE public key (40 characters)
     data: str | None = None  # "127.0.0.1:PORT" of its data-plane publisher (service.py)
-
-
-@dataclass(frozen=True)
-class ClusterState:
-    mode: str = "passive"
-    mode_params: dict = field(default_factory=dict)
-    target_w: float = 0.0
-    limits: dict | None = None     # {"charge_w": float, "discharge_w": float} or None
-    version: int = 0
-
-    def copy(self) -> "ClusterState":
-        return replace(self, mode_params=json.loads(json.dumps(self.mode_params)),
-                       limits=dict(self.limits) if self.limits is not None else None)
-
-
-def _finite(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: must be finite, got {value}")
-    return value
-
-
-def validate_change(change) -> dict:
-    """Check a proposed change; return its normalized copy or raise ValueError naming the field."""
-    if not isinstance(change, dict) or not change:
-        raise ValueError(f"change: expected a non-empty dict with keys among {', '.join(_CHANGE_KEYS)}")
-    unknown = sorted(set(change) - set(_CHANGE_KEYS))
-    if unknown:
-        raise ValueError(f"change: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(_CHANGE_KEYS)}")
-    out = {}
-    if "mode" in change:
-        mode = change["mode"]
-        if not isinstance(mode, str) or not mode.strip() or len(mode) > 64:
-            raise ValueError("mode: expected a non-empty string of at most 64 characters")
-        out["mode"] = mode
-    if "target_w" in change:
-        out["target_w"] = _finite(change["target_w"], "target_w")
-    if "limits" in change:
-        limits = change["limits"]
-        if limits is None:
-            out["limits"] = None
-        else:
-            if not isinstance(limits, dict) or set(limits) != {"charge_w", "discharge_w"}:
-                raise ValueError("limits: expected null or {\"charge_w\": W, \"discharge_w\": W}")
-            lim = {}
-            for k in ("charge_w", "discharge_w"):
-                v = _finite(limits[k], f"limits.{k}")
-                if v < 0:
-                    raise ValueError(f"limits.{k}: must be >= 0 W, got {v}")
-                lim[k] = v
-            out["limits"] = lim
-    if "mode_params" in change:
-        params = change["mode_params"]
-        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-            raise ValueError("mode_params: expected a dict with string keys")
-        try:
-            text = json.dumps(params, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"mode_params: must be JSON data with finite numbers ({e})") from None
-        if len(text) > 64 * 1024:
-            raise ValueError("mode_params: larger than 64 KiB")
-        out["mode_params"] = json.loads(text)
-    return out
-
-
-class _StateMachine(SyncObjConsumer):
-    """The replicated state: pysyncobj serializes the attributes set after __init__ (state)."""
-
-    def __init__(self):
-        super().__init__()
-        self.state = ClusterState()
-
-    @replicated
-    def apply_change(self, change):
-        try:
-            change = validate_change(change)  # deterministic: the same on every node
-        except ValueError as e:
-            return ("error", str(e))
-        self.state = replace(self.state, **change, version=self.state.version + 1)
-        return self.state
 
 
 def _check_address(address: str, what: str):
@@ -213,7 +130,7 @@ class ClusterConsensus:
         self.election_s = (float(lo), float(hi))
         self.stick_s = lo - STICK_MARGIN_S
         self.lease_window_s = min(lease_s, self.stick_s - LEASE_MARGIN_S)
-        self._sm = _StateMachine()
+        self._sm = StateMachine()
         self._obj: SyncObj | None = None
         self._transport: ZmqTransport | None = None
         self._leader_since = math.inf
@@ -280,7 +197,7 @@ class ClusterConsensus:
     def _on_state_changed(self, old, new):  # tick thread
         if new == 2:  # _RAFT_STATE.LEADER
             if self._transport is not None:
-                self._transport.reset_acks()
+                self._transport.lease.reset_acks()
             self._leader_since = time.monotonic()
         else:
             self._leader_since = math.inf
@@ -353,11 +270,11 @@ class ClusterConsensus:
             "version": self._sm.state.version,
             "peers": t.peer_ids if t else [],
             "connected": t.connected if t else [],
-            "refused": t.refused if t else 0,
-            "refused_keys": sorted(t.refused_keys) if t else [],
+            "refused": sum(t.allowed.refused.values()) if t else 0,
+            "refused_keys": sorted(t.allowed.refused) if t else [],
             "auth_failures": t.auth_failures if t else 0,
             "dropped": t.dropped if t else 0,
-            "votes_dropped": t.votes_dropped if t else 0,
+            "votes_dropped": t.lease.votes_dropped if t else 0,
             "lease_window_s": self.lease_window_s,
         }
 

@@ -6,7 +6,7 @@ its own status every cycle (`status` topic) and, while it leads, the dispatch
 dispatch travels one hop, and a dead node costs nothing but its silence.
 
 CurveZMQ: the PUB is a CURVE server; ZAP lets in only subscribers whose public key
-is a member's (`AllowedKeys`: a refused key is counted and logged once per key).
+is a member's (`allowed.AllowedKeys`: a refused key is counted and logged once per key).
 A SUB is a CURVE client that accepts only the member's own server key, so a
 stranger can neither listen nor pose as a member. Messages are JSON validated by
 `messages.decode`; anything that does not validate is dropped and counted.
@@ -26,6 +26,7 @@ import zmq
 import zmq.asyncio
 from zmq.auth.asyncio import AsyncioAuthenticator
 
+from .allowed import AllowedKeys
 from .messages import DISPATCH, STATUS, DispatchMessage, StatusMessage, decode
 
 log = logging.getLogger("mastercontroller.dataplane")
@@ -40,24 +41,6 @@ class Peer:
     public_key: str  # Z85
 
 
-class AllowedKeys:
-    """ZAP credentials provider: members' public keys only; each refused key logged once."""
-
-    def __init__(self, keys, what: str):
-        self.keys = set(keys)
-        self.what = what
-        self.refused: Counter[str] = Counter()
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        text = key.decode(errors="replace")
-        if text in self.keys:
-            return True
-        if not self.refused[text]:
-            log.warning("%s: refused a peer with public key %s: not a cluster member", self.what, text)
-        self.refused[text] += 1
-        return False
-
-
 def tcp(address: str) -> str:
     return address if "://" in address else f"tcp://{address}"
 
@@ -70,7 +53,7 @@ class DataPlane:
         self.peers = {p.node_id: p for p in peers if p.node_id != self_id}
         self._public, self._secret = public_key.encode(), secret_key.encode()
         self.on_status, self.on_dispatch = on_status, on_dispatch
-        self.allowed = AllowedKeys([p.public_key for p in peers], "data plane")
+        self.allowed = AllowedKeys("data plane", {p.public_key: p.node_id for p in peers})
         self.dropped: Counter[str] = Counter()
         self.redials: Counter[str] = Counter()
         self._ctx: zmq.asyncio.Context | None = None
@@ -100,7 +83,7 @@ class DataPlane:
         sub.setsockopt(zmq.SUBSCRIBE, STATUS)
         sub.setsockopt(zmq.SUBSCRIBE, DISPATCH)
         sub.connect(tcp(peer.data))
-        self.allowed.keys.add(peer.public_key)  # it may subscribe to us too
+        self.allowed.allow(peer.public_key, peer.node_id)  # it may subscribe to us too
         self.peers[peer.node_id] = peer
         self._subs[peer.node_id] = sub
         self._tasks[peer.node_id] = asyncio.create_task(self._receive(peer.node_id, sub), name=f"sub-{peer.node_id}")
@@ -110,8 +93,8 @@ class DataPlane:
         (one already open is not cut: it only hears what every member hears)."""
         task, sub = self._tasks.pop(node_id, None), self._subs.pop(node_id, None)
         peer = self.peers.pop(node_id, None)
-        if peer is not None and peer.public_key != self._public.decode():
-            self.allowed.keys.discard(peer.public_key)
+        if peer is not None:
+            self.allowed.disallow(peer.public_key, node_id)
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)

@@ -9,13 +9,13 @@ Sockets
       exactly the public keys of the current members (``addNode``/``dropNode`` keep the set up to
       date) and answers with the member's node id as ZAP User-Id. A peer with any other key fails
       the CURVE handshake, so nothing it sends reaches pysyncobj (nor ``pickle``); it is counted
-      (``refused``) and logged once per key.
+      (``allowed.refused``) and logged once per key (``allowed.AllowedKeys``).
 
 Threads
     Every socket is created, used and closed on pysyncobj's own autoTick thread
     (``tryGetReady``/tick callbacks/poller callbacks/``send``/``destroy`` all run there), so no
     ZMQ socket is ever touched from two threads. The constructor (caller's thread) only records
-    the configuration. Reading ``refused``/``connected`` etc. from other threads reads plain
+    the configuration. Reading ``allowed.refused``/``connected`` etc. from other threads reads plain
     Python values.
 
 Wake-ups
@@ -33,15 +33,9 @@ Links
     authenticated it. ``IMMEDIATE`` keeps messages from queueing for a peer that is not
     connected, ``SNDHWM`` bounds what a stalled peer can hold, ``LINGER`` 0 makes close instant.
 
-Lease guard (see consensus.py)
-    The transport sees every Raft message, so it adds two things pysyncobj lacks:
-    * a lease anchor: each ``append_entries`` carries the leader's send time (``_ls``), a
-      follower echoes the newest one it received in its ``next_node_idx`` reply (``_le``); the
-      leader thus knows, per follower, the send time of the newest heartbeat that follower
-      acknowledged (same monotonic clock, no cross-host clock assumption);
-    * vote stickiness (Raft thesis §4.2.3): a follower that heard from a current leader less
-      than ``stick_s`` ago drops ``request_vote``. With ``lease window <= stick_s`` no new
-      leader can be elected while the old one still holds a lease.
+Lease guard (lease.py)
+    Every Raft message passes ``LeaseGuard``: heartbeats carry their send time and replies
+    echo it (the lease anchor), and a follower drops vote requests while it hears a leader.
 """
 from __future__ import annotations
 
@@ -56,6 +50,9 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.transport import Transport, TransportNotReadyError
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
+
+from mastercontroller.allowed import AllowedKeys
+from mastercontroller.lease import LeaseGuard
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +96,9 @@ class ZmqTransport(Transport):
         self._self = selfNode
         self._secret = secret_key.encode("ascii")
         self._public = public_key.encode("ascii")
-        self._stick_s = stick_s
+        self.lease = LeaseGuard(stick_s)
         self._nodes: dict[str, ZmqNode] = {}          # node id -> node (the peers)
-        self._allowed: dict[bytes, str] = {}          # z85 public key -> node id (peers + self)
-        self._allowed[self._public] = self._self.id
+        self.allowed = AllowedKeys("cluster transport", {public_key: self._self.id})  # peers + self
         self._ctx = None
         self._router = None
         self._zap = None
@@ -118,16 +114,8 @@ class ZmqTransport(Transport):
         self._draining = False
         self._closed = False
         # counters, readable from any thread
-        self.refused = 0
-        self.refused_keys: dict[str, str] = {}       # z85 key -> first address seen
         self.dropped = 0                             # authenticated but unusable messages
         self._dropped_logged: set = set()
-        # lease guard state (tick thread writes, any thread reads floats/dicts under a lock)
-        self._lock = threading.Lock()
-        self._echo: dict[str, float] = {}            # leader id -> newest `_ls` received from it
-        self._acked: dict[str, float] = {}           # follower id -> newest echoed send time
-        self._last_leader_msg = 0.0                  # monotonic time of the last accepted append_entries
-        self.votes_dropped = 0
         for node in otherNodes:
             self.addNode(node)
         syncObj.addOnTickCallback(self._onTick)
@@ -246,7 +234,7 @@ class ZmqTransport(Transport):
         if not isinstance(node, ZmqNode) or not node.address or not node.public_key:
             raise ValueError(f"ZmqTransport: {node!r} needs an address and a public key")
         self._nodes[node.id] = node
-        self._allowed[node.public_key.encode("ascii")] = node.id
+        self.allowed.allow(node.public_key, node.id)
         if self._ready:
             self._open_dealer(node)
 
@@ -254,29 +242,19 @@ class ZmqTransport(Transport):
         node = self._nodes.pop(node.id, None)
         if node is None:
             return
-        key = node.public_key.encode("ascii")
-        if self._allowed.get(key) == node.id:
-            del self._allowed[key]
+        self.allowed.disallow(node.public_key, node.id)
         self._close_dealer(node.id)
         if node.id in self._connected:
             self._connected.discard(node.id)
             self._onNodeDisconnected(node)
-        with self._lock:
-            self._acked.pop(node.id, None)
-            self._echo.pop(node.id, None)
+        self.lease.forget(node.id)
 
     # ---------------------------------------------------------------- sending
     def send(self, node, message):
         d = self._dealers.get(node.id)
         if d is None or node.id not in self._connected:
             return False
-        mtype = message.get("type") if isinstance(message, dict) else None
-        if mtype == "append_entries":
-            message = dict(message, _ls=time.monotonic())
-        elif mtype == "next_node_idx":
-            echo = self._echo.get(node.id)
-            if echo is not None:
-                message = dict(message, _le=echo)
+        message = self.lease.stamp(node.id, message)
         try:
             d.send(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL), zmq.NOBLOCK)
         except zmq.Again:
@@ -338,19 +316,13 @@ class ZmqTransport(Transport):
         version, request_id, domain, address, _identity, mechanism = frames[:6]
         creds = frames[6:]
         if mechanism == b"CURVE" and creds and len(creds[0]) == 32:
-            key = z85.encode(creds[0])
-            node_id = self._allowed.get(key)
+            who = z85.encode(creds[0]).decode("ascii")
+            node_id = self.allowed.node_of(who)
             if node_id is not None:
                 return [version, request_id, b"200", b"OK", node_id.encode(), b""]
-            who = key.decode("ascii")
         else:
             who = f"{mechanism.decode(errors='replace')} (no CURVE key)"
-        self.refused += 1
-        addr = address.decode(errors="replace")
-        if who not in self.refused_keys:
-            self.refused_keys[who] = addr
-            log.warning("cluster transport: refused peer with unknown key %s from %s "
-                        "(not a member; further attempts with this key are counted, not logged)", who, addr)
+        self.allowed.refuse(who, address.decode(errors="replace"))
         return [version, request_id, b"400", b"key not allowed", b"", b""]
 
     def _drain_monitors(self) -> bool:
@@ -434,41 +406,14 @@ class ZmqTransport(Transport):
         if not isinstance(message, dict) or "type" not in message:
             self._drop(f"not a pysyncobj message from {user}", ("type", user))
             return
-        if not self._guard(node, message):
+        if not self.lease.admit(node.id, message, self._syncObj.raftCurrentTerm, self._syncObj._isLeader()):
             return
         self._onMessageReceived(node, message)
-
-    def _guard(self, node, message) -> bool:
-        """Lease bookkeeping and vote stickiness; False drops the message."""
-        mtype = message["type"]
-        now = time.monotonic()
-        if mtype == "append_entries":
-            if message.get("term", -1) >= self._syncObj.raftCurrentTerm:
-                self._last_leader_msg = now
-                ls = message.get("_ls")
-                if isinstance(ls, float):
-                    self._echo[node.id] = ls
-        elif mtype == "next_node_idx":
-            le = message.get("_le")
-            if isinstance(le, float):
-                with self._lock:
-                    if le > self._acked.get(node.id, 0.0):
-                        self._acked[node.id] = le
-        elif mtype == "request_vote" and self._stick_s > 0:
-            if not self._syncObj._isLeader() and now - self._last_leader_msg < self._stick_s:
-                self.votes_dropped += 1
-                return False
-        return True
 
     # ---------------------------------------------------------------- queries (any thread)
     def newest_acks(self) -> list[float]:
         """Per current peer, the send time of the newest heartbeat it acknowledged: newest first."""
-        with self._lock:
-            return sorted((t for nid, t in self._acked.items() if nid in self._nodes), reverse=True)
-
-    def reset_acks(self):
-        with self._lock:
-            self._acked.clear()
+        return self.lease.newest_acks(set(self._nodes))
 
     @property
     def connected(self) -> list[str]:

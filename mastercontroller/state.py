@@ -1,0 +1,97 @@
+"""The cluster's replicated state (DESIGN §5) and the pysyncobj consumer that holds it.
+
+Every change goes through the Raft log (consensus.py ``propose``) and is validated by
+``validate_change`` the same way on every node: a change sets values (mode, mode
+parameters, cluster target, cluster limits), so applying it twice is harmless.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+
+from pysyncobj import SyncObjConsumer, replicated
+
+_CHANGE_KEYS = ("mode", "mode_params", "target_w", "limits")
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    mode: str = "passive"
+    mode_params: dict = field(default_factory=dict)
+    target_w: float = 0.0
+    limits: dict | None = None     # {"charge_w": float, "discharge_w": float} or None
+    version: int = 0
+
+    def copy(self) -> "ClusterState":
+        return replace(self, mode_params=json.loads(json.dumps(self.mode_params)),
+                       limits=dict(self.limits) if self.limits is not None else None)
+
+
+def _finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be finite, got {value}")
+    return value
+
+
+def validate_change(change) -> dict:
+    """Check a proposed change; return its normalized copy or raise ValueError naming the field."""
+    if not isinstance(change, dict) or not change:
+        raise ValueError(f"change: expected a non-empty dict with keys among {', '.join(_CHANGE_KEYS)}")
+    unknown = sorted(set(change) - set(_CHANGE_KEYS))
+    if unknown:
+        raise ValueError(f"change: unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(_CHANGE_KEYS)}")
+    out = {}
+    if "mode" in change:
+        mode = change["mode"]
+        if not isinstance(mode, str) or not mode.strip() or len(mode) > 64:
+            raise ValueError("mode: expected a non-empty string of at most 64 characters")
+        out["mode"] = mode
+    if "target_w" in change:
+        out["target_w"] = _finite(change["target_w"], "target_w")
+    if "limits" in change:
+        limits = change["limits"]
+        if limits is None:
+            out["limits"] = None
+        else:
+            if not isinstance(limits, dict) or set(limits) != {"charge_w", "discharge_w"}:
+                raise ValueError("limits: expected null or {\"charge_w\": W, \"discharge_w\": W}")
+            lim = {}
+            for k in ("charge_w", "discharge_w"):
+                v = _finite(limits[k], f"limits.{k}")
+                if v < 0:
+                    raise ValueError(f"limits.{k}: must be >= 0 W, got {v}")
+                lim[k] = v
+            out["limits"] = lim
+    if "mode_params" in change:
+        params = change["mode_params"]
+        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+            raise ValueError("mode_params: expected a dict with string keys")
+        try:
+            text = json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"mode_params: must be JSON data with finite numbers ({e})") from None
+        if len(text) > 64 * 1024:
+            raise ValueError("mode_params: larger than 64 KiB")
+        out["mode_params"] = json.loads(text)
+    return out
+
+
+class StateMachine(SyncObjConsumer):
+    """The replicated state: pysyncobj serializes the attributes set after __init__ (state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = ClusterState()
+
+    @replicated
+    def apply_change(self, change):
+        try:
+            change = validate_change(change)  # deterministic: the same on every node
+        except ValueError as e:
+            return ("error", str(e))
+        self.state = replace(self.state, **change, version=self.state.version + 1)
+        return self.state
