@@ -38,8 +38,7 @@ def _load_or_exit(path: str):
     try:
         return load(path)
     except ParamsError as exc:
-        for line in exc.problems:
-            print(f"{exc.source}: {line}", file=sys.stderr)
+        exc.report()
         sys.exit(2)
 
 

@@ -11,6 +11,7 @@ import difflib
 import json
 import os
 import re
+import sys
 import types
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -46,6 +47,11 @@ class ParamsError(Exception):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> None:
+        """Every problem on its own line of stderr, prefixed with the file."""
+        for line in self.problems:
+            print(f"{self.source}: {line}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------

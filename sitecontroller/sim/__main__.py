@@ -129,8 +129,7 @@ def main(argv=None) -> int:
         try:
             params_list.append(load(file))
         except ParamsError as exc:
-            for line in exc.problems:
-                print(f"{exc.source}: {line}", file=sys.stderr)
+            exc.report()
             return 2
     try:
         return asyncio.run(_main(params_list, args.params, socs))

@@ -32,8 +32,7 @@ def _endpoint(args) -> str:
         try:
             params = load(args.params)
         except ParamsError as exc:
-            for line in exc.problems:
-                print(f"{exc.source}: {line}", file=sys.stderr)
+            exc.report()
             sys.exit(2)
         return params.simulation.endpoint if params.simulation else DEFAULT_SIM_ENDPOINT
     from .run_site import read_site_index

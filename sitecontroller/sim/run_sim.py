@@ -265,8 +265,7 @@ def main(argv=None) -> int:
     try:
         params = load(params_file)
     except ParamsError as exc:
-        for line in exc.problems:
-            print(f"{exc.source}: {line}", file=sys.stderr)
+        exc.report()
         return 2
     sup = Supervisor(params_file, params, args.soc, args.restart, node_args)
     if args.soc is not None and not sup._has_simulators():

@@ -393,8 +393,7 @@ def site_main(args, node_args: list[str]) -> int:
         try:
             params_list.append(load(f))
         except ParamsError as exc:
-            for line in exc.problems:
-                print(f"{exc.source}: {line}", file=sys.stderr)
+            exc.report()
             return 2
     say(f"site of {args.nodes} nodes: parameter files in {site_dir}")
     return SiteSupervisor(files, params_list, args.restart, node_args, site_dir).run()
