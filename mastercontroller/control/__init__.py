@@ -1,0 +1,29 @@
+"""Cluster operating modes: one module each (see ``base.py`` for what a mode is).
+
+``MODES`` maps a mode's name to its module; ``parse_params`` is the one validation of a
+mode's parameters, used when a mode change is proposed (the command edge) and again when
+the leader enters the mode.
+"""
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from . import passive
+
+MODES = {m.NAME: m for m in (passive,)}
+
+
+def parse_params(mode: str, raw: dict):
+    """The mode's validated parameters, or ValueError naming the mode, the field and the allowed range."""
+    if mode not in MODES:
+        raise ValueError(f"mode: unknown mode {mode!r}; known: {', '.join(sorted(MODES))}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{mode}: parameters must be an object")
+    try:
+        return MODES[mode].Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "parameters"
+            problems.append(f"{where}: {err['msg']}")
+        raise ValueError(f"{mode}: " + "; ".join(problems)) from None

@@ -1,0 +1,90 @@
+"""Runs the active cluster mode every cycle and splits its target (DESIGN §2.3, §5).
+
+The same object runs on the leader (``service.py``) and in the day simulation
+(``mastercontroller/simulate``), so what the simulation measures is what the cluster does.
+
+Each cycle: parse the mode parameters of the replicated state (once per change; a state the
+mode cannot read, e.g. written by another version, falls back to ``passive`` and says why),
+start the mode bumplessly when the mode or its parameters changed or this node just became
+leader, step it, then narrow: a non-finite target is 0 W, the cluster limits cap it, each
+node's mode constraint (``node_limits``) can only lower that node's own limits, and
+``dispatch.py`` respects every node's limits exactly.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, replace
+
+from pydantic import ValidationError
+
+from ..dispatch import Dispatch, DispatchParams, dispatch
+from ..state import ClusterState
+from . import MODES, parse_params
+from .base import ClusterImage, ModeResult
+
+log = logging.getLogger("mastercontroller.mode")
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    mode: str              # the mode that ran (``passive`` when the state's could not be read)
+    result: ModeResult     # what the mode asked
+    target_w: float        # after the cluster limits
+    dispatch: Dispatch     # the split over the nodes
+
+
+class ModeRunner:
+    def __init__(self, dispatch_params: DispatchParams = DispatchParams()):
+        self.dispatch_params = dispatch_params
+        self._key: tuple | None = None   # (mode, params as given) the memory belongs to
+        self._mode = None
+        self._params = None
+        self._memory = None
+        self._dispatch: Dispatch | None = None
+
+    def reset(self) -> None:
+        """Forget the mode's memory (e.g. this node lost the lease): the next step starts afresh."""
+        self._key = None
+        self._dispatch = None
+
+    def step(self, state: ClusterState, image: ClusterImage) -> Step:
+        key = (state.mode, repr(sorted(state.mode_params.items())))
+        if key != self._key:
+            self._enter(state, image)
+            self._key = key
+        result = self._mode.step(image, self._params, self._memory)
+        self._memory = result.memory
+        target = result.target_w
+        if not isinstance(target, (int, float)) or not math.isfinite(target):
+            log.error("mode %s returned a non-finite target %r: 0 W", self._mode.NAME, target)
+            target = 0.0
+        if state.limits is not None:
+            target = min(state.limits["discharge_w"], max(-state.limits["charge_w"], target))
+        nodes = _narrow(image, result.node_limits)
+        self._dispatch = dispatch(target, nodes, self.dispatch_params, self._dispatch)
+        return Step(self._mode.NAME, result, target, self._dispatch)
+
+    def _enter(self, state: ClusterState, image: ClusterImage) -> None:
+        try:
+            mode = MODES[state.mode]
+            params = parse_params(state.mode, state.mode_params)
+        except (KeyError, ValueError) as exc:
+            log.error("cluster mode %r cannot run (%s): passive, 0 W", state.mode, exc)
+            mode, params = MODES["passive"], MODES["passive"].Params()
+        self._mode, self._params = mode, params
+        self._memory = mode.start(image, params)
+        log.info("cluster mode %s (parameters %s), starting from %.0f W measured",
+                 mode.NAME, params.model_dump(mode="json"), image.battery_w)
+
+
+def _narrow(image: ClusterImage, node_limits) -> tuple:
+    if not node_limits:
+        return image.nodes
+    out = []
+    for n in image.nodes:
+        caps = node_limits.get(n.node_id)
+        if caps is not None:
+            n = replace(n, charge_w=min(n.charge_w, max(0.0, caps[0])), discharge_w=min(n.discharge_w, max(0.0, caps[1])))
+        out.append(n)
+    return tuple(out)
