@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict
 from ..dispatch import RUN_STATE, NodeView
 
 
+MAX_W = 10_000_000.0  # the bound of every power parameter, W
+
+
 class ModeParams(BaseModel):
     """Base of every mode's parameters: strict keys, finite numbers, immutable."""
 

@@ -9,6 +9,10 @@ start the mode bumplessly when the mode or its parameters changed or this node j
 leader, step it, then narrow: a non-finite target is 0 W, the cluster limits cap it, each
 node's mode constraint (``node_limits``) can only lower that node's own limits, and
 ``dispatch.py`` respects every node's limits exactly.
+
+With ``backup`` (the site can form its own grid), any mode hands the cluster over to the
+island behaviour of ``grid_forming`` when the grid is lost, and gets it back, restarted
+bumplessly from the measured power, once the grid has been healthy for its resync time.
 """
 from __future__ import annotations
 
@@ -16,11 +20,10 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-from pydantic import ValidationError
 
 from ..dispatch import Dispatch, DispatchParams, dispatch
 from ..state import ClusterState
-from . import MODES, parse_params
+from . import MODES, grid_forming, parse_params
 from .base import ClusterImage, ModeResult
 
 log = logging.getLogger("mastercontroller.mode")
@@ -28,15 +31,18 @@ log = logging.getLogger("mastercontroller.mode")
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    mode: str              # the mode that ran (``passive`` when the state's could not be read)
+    mode: str              # the mode that ran (``passive`` when the state's could not be read;
+                           # ``grid_forming`` while a backup site is islanded)
     result: ModeResult     # what the mode asked
     target_w: float        # after the cluster limits
     dispatch: Dispatch     # the split over the nodes
 
 
 class ModeRunner:
-    def __init__(self, dispatch_params: DispatchParams = DispatchParams()):
+    def __init__(self, dispatch_params: DispatchParams = DispatchParams(), *, backup: bool = False):
         self.dispatch_params = dispatch_params
+        self.backup = backup
+        self._island: grid_forming.Island | None = None  # a backup site islanded under another mode
         self._key: tuple | None = None   # (mode, params as given) the memory belongs to
         self._mode = None
         self._params = None
@@ -53,17 +59,39 @@ class ModeRunner:
         if key != self._key:
             self._enter(state, image)
             self._key = key
-        result = self._mode.step(image, self._params, self._memory)
-        self._memory = result.memory
+        result, name = self._island_step(image), grid_forming.NAME
+        if result is None:
+            result, name = self._mode.step(image, self._params, self._memory), self._mode.NAME
+            self._memory = result.memory
         target = result.target_w
         if not isinstance(target, (int, float)) or not math.isfinite(target):
-            log.error("mode %s returned a non-finite target %r: 0 W", self._mode.NAME, target)
+            log.error("mode %s returned a non-finite target %r: 0 W", name, target)
             target = 0.0
         if state.limits is not None:
             target = min(state.limits["discharge_w"], max(-state.limits["charge_w"], target))
         nodes = _narrow(image, result.node_limits)
         self._dispatch = dispatch(target, nodes, self.dispatch_params, self._dispatch)
-        return Step(self._mode.NAME, result, target, self._dispatch)
+        return Step(name, result, target, self._dispatch)
+
+    def _island_step(self, image: ClusterImage) -> ModeResult | None:
+        if not self.backup or self._mode is grid_forming:
+            return None
+        params = grid_forming.Params()
+        if self._island is None:
+            why = grid_forming.grid_lost(image, params)
+            if why is None:
+                return None
+            log.warning("grid lost (%s): the cluster forms the grid; mode %s resumes when it is back",
+                        why, self._mode.NAME)
+            self._island = grid_forming.start_island(image, params)
+        result = grid_forming.island(image, params, self._island)
+        if result is None:
+            log.info("grid back: mode %s resumes", self._mode.NAME)
+            self._island = None
+            self._memory = self._mode.start(image, self._params)
+            return None
+        self._island = result.memory
+        return result
 
     def _enter(self, state: ClusterState, image: ClusterImage) -> None:
         try:

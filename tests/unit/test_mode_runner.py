@@ -1,0 +1,101 @@
+"""ModeRunner: safety narrows, whatever the mode asks (DESIGN §2.3), over random sequences.
+
+Invariant, checked on every cycle of random sequences (modes, parameters, images, limits):
+every node's setpoint lies within its own limits and the mode's cap for it, the cluster
+total within the cluster limits; a node that may not run gets exactly 0 W; no setpoint is
+ever non-finite; a node at or below a mode's reserve never discharges.
+"""
+import math
+import random
+
+import pytest
+
+from mastercontroller.control import MODES
+from mastercontroller.control.base import ClusterImage, ModeResult
+from mastercontroller.control.runner import ModeRunner
+from mastercontroller.dispatch import DispatchParams, NodeView
+from mastercontroller.state import ClusterState
+
+from .mode_rows import WALL0
+
+# one valid parameter set per mode (every registered mode must have one here)
+SAMPLE_PARAMS = {
+    "passive": [{}],
+    "self_consumption": [{}, {"grid_target_w": 500, "reserve_soc": 0.3, "ki": 0.5}],
+    "load_matching": [{"import_limit_w": 2000, "export_limit_w": 500, "recharge_w": 1500}],
+    "grid_forming": [{}, {"backup_reserve_soc": 0.6}],
+    "charge_only": [{}, {"target_soc": 0.7, "max_charge_w": 1500}],
+    "external_control": [{"schedule": [{"start": "2026-05-28T00:00:00+00:00", "end": "2026-05-30T00:00:00+00:00",
+                                        "p_w": 4000}], "fallback_w": -500}],
+    "local": [{}, {"heartbeat_s": 5}],
+    "cost_saving": [{"prices": [{"start": f"2026-05-28T{h:02d}:00:00+00:00", "price": 0.1 + 0.02 * (h % 7)}
+                                for h in range(24)]}],
+}
+RESERVE = {"self_consumption": "reserve_soc", "load_matching": "reserve_soc", "grid_forming": "backup_reserve_soc"}
+
+
+def test_every_mode_has_sample_parameters():
+    assert set(MODES) <= set(SAMPLE_PARAMS)
+
+
+def _random_image(rng: random.Random, t: float) -> ClusterImage:
+    nodes = []
+    for i in range(rng.randint(0, 4)):
+        nodes.append(NodeView(
+            f"n{i}", rng.random() > 0.1, rng.choice(["run", "run", "run", "sleep", "error"]),
+            rng.choice([0.0, 0.05, 0.1, 0.3, rng.random(), 1.0]), rng.choice([1000.0, 10_000.0]),
+            rng.choice([0.0, 500.0, 5000.0, rng.uniform(0, 8000)]), rng.choice([0.0, 500.0, 5000.0, rng.uniform(0, 8000)]),
+            rng.uniform(-5000, 5000)))
+    return ClusterImage(
+        t, WALL0 + t, 1.0, tuple(nodes),
+        grid_w=rng.choice([None, rng.uniform(-20_000, 20_000), 0.0]), grid_t=t if rng.random() > 0.3 else None,
+        freq_hz=rng.choice([None, 50.0, 46.0]), island=rng.random() < 0.05,
+        request_w=rng.choice([None, rng.uniform(-9000, 9000)]), request_wall=WALL0 + t - rng.uniform(0, 100))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_setpoints_never_leave_any_limit(seed):
+    rng = random.Random(seed)
+    runner = ModeRunner(DispatchParams(min_dwell_cycles=3), backup=rng.random() < 0.5)
+    modes = sorted(MODES)
+    state = ClusterState()
+    for cycle in range(600):
+        if cycle % 40 == 0:
+            mode = rng.choice(modes)
+            limits = rng.choice([None, {"charge_w": rng.uniform(0, 6000), "discharge_w": rng.uniform(0, 6000)}])
+            state = ClusterState(mode=mode, mode_params=rng.choice(SAMPLE_PARAMS[mode]), limits=limits)
+        image = _random_image(rng, float(cycle))
+        step = runner.step(state, image)
+        result: ModeResult = step.result
+        d = step.dispatch
+        if state.limits is not None:
+            assert -state.limits["charge_w"] - 1e-6 <= step.target_w <= state.limits["discharge_w"] + 1e-6
+        reserve = state.mode_params.get(RESERVE.get(step.mode, ""), 0.1 if step.mode in RESERVE else None)
+        for n in image.nodes:
+            p = d.setpoints[n.node_id]
+            assert math.isfinite(p)
+            cap_c, cap_d = result.node_limits.get(n.node_id, (math.inf, math.inf))
+            assert -min(max(0.0, n.charge_w), cap_c) - 1e-6 <= p <= min(max(0.0, n.discharge_w), cap_d) + 1e-6, \
+                (cycle, step.mode, n, p, result.node_limits)
+            if not (n.online and n.state == "run"):
+                assert p == 0.0
+            if reserve is not None and not result.grid_forming and n.soc <= reserve:
+                assert p <= 0.0, (cycle, step.mode, n, p)
+
+
+def test_an_unreadable_state_runs_passive():
+    runner = ModeRunner()
+    img = ClusterImage(0.0, WALL0, 1.0, (NodeView("a", True, "run", 0.5, 1000, 500, 500),), grid_w=3000.0, grid_t=0.0)
+    for state in (ClusterState(mode="warp_drive"), ClusterState(mode="self_consumption", mode_params={"kp": -1})):
+        step = runner.step(state, img)
+        assert step.mode == "passive" and step.target_w == 0.0
+
+
+def test_parameter_change_restarts_the_mode_bumplessly():
+    runner = ModeRunner()
+    nodes = (NodeView("a", True, "run", 0.5, 10_000, 5000, 5000, 2500.0),)
+    img = ClusterImage(0.0, WALL0, 1.0, nodes, grid_w=0.0, grid_t=0.0)
+    runner.step(ClusterState(mode="self_consumption"), img)
+    step = runner.step(ClusterState(mode="self_consumption", mode_params={"grid_target_w": 0.0, "kp": 0.3}),
+                       ClusterImage(1.0, WALL0 + 1, 1.0, nodes, grid_w=0.0, grid_t=1.0))
+    assert step.target_w == pytest.approx(2500.0)  # from the measured 2.5 kW, not from zero
