@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from . import charge_only, external_control, grid_forming, load_matching, local, passive, self_consumption
+from . import (charge_only, cost_saving, external_control, grid_forming, load_matching, local, passive,
+               self_consumption)
 
-MODES = {m.NAME: m for m in (self_consumption, load_matching, external_control, charge_only, grid_forming,
-                             local, passive)}
+MODES = {m.NAME: m for m in (self_consumption, load_matching, external_control, cost_saving, charge_only,
+                             grid_forming, local, passive)}
 
 
 def parse_params(mode: str, raw: dict):

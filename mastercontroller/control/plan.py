@@ -112,7 +112,8 @@ def plan(prices, load_w, pv_w, slot_s, soc0: float, usable_wh: float, charge_w: 
     # variable blocks: c, d, g+, g-, e (n each)
     C, D, GP, GM, E = (np.arange(n) + k * n for k in range(5))
     w = h / h.mean()   # objective scaled to about one slot: keeps the tiny penalty above solver tolerances
-    cost = np.concatenate([cycle_penalty * w, cycle_penalty * w, price * w, -np.minimum(export, price) * w, np.zeros(n)])
+    penalty = cycle_penalty * w
+    cost = np.concatenate([penalty, penalty, price * w, -np.minimum(export, price) * w, np.zeros(n)])
     rows, cols, vals = [], [], []
 
     def put(r, c, v):

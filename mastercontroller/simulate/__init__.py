@@ -1,0 +1,1 @@
+"""Deterministic day simulation of the cluster."""
