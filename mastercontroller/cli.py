@@ -1,6 +1,7 @@
-"""`sitecontroller cluster keygen|status|setpoint|add|remove`: the operator's view of the cluster."""
+"""`sitecontroller cluster keygen|status|mode|setpoint|add|remove`: the operator's view of the cluster."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -28,7 +29,9 @@ def cmd_keygen(args) -> int:
 
 def _line(c: dict) -> str:
     lease = " (lease)" if c["has_lease"] else ""
-    return (f"cluster: leader {c['leader'] or 'none'} term {c['term']}  mode {c['mode']}  target {c['target_w']:.0f} W  "
+    target = "n/a" if c["target_w"] is None else f"{c['target_w']:.0f} W"
+    running = f" (running {c['mode_running']})" if c["mode_running"] and c["mode_running"] != c["mode"] else ""
+    return (f"cluster: leader {c['leader'] or 'none'} term {c['term']}  mode {c['mode']}{running}  target {target}  "
             f"actual {c['actual_w']:.0f} W  unplaced {c['unplaced_w'] or 0:.0f} W  (asked {c['node_id']}, "
             f"{c['role']}{lease})")
 
@@ -56,7 +59,51 @@ def cmd_status(args) -> int:
 def cmd_setpoint(args) -> int:
     from sitecontroller.cli import _command
 
-    return _command(args, {"type": "cluster_setpoint", "target_w": args.w})
+    from .service import PROPOSE_TIMEOUT_S
+
+    return _command(args, {"type": "cluster_setpoint", "target_w": args.w, "hold_s": args.hold},
+                    wait_s=PROPOSE_TIMEOUT_S + 0.5)
+
+
+def _assignment(text: str) -> tuple[str, object]:
+    """``key=value``: the value as JSON when it parses (numbers, true, null, lists), else as text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def cmd_mode(args) -> int:
+    from sitecontroller.cli import _ask, _command
+
+    from .control import MODES
+    from .service import PROPOSE_TIMEOUT_S
+
+    if args.show or args.name is None:
+        c = _ask(args, {"op": "cluster_status"})["cluster"]
+        if args.json:
+            print(json.dumps({k: c[k] for k in ("mode", "mode_params", "mode_running", "mode_note", "target_w",
+                                                "actual_w", "leader", "term", "version")}))
+            return 0
+        print(_line(c))
+        print(f"  parameters: {json.dumps(c['mode_params'], sort_keys=True)}")
+        if c["mode_note"]:
+            print(f"  leader says: {c['mode_note']}")
+        return 0
+    if args.name not in MODES:
+        print(f"error: unknown mode {args.name!r}; known: {', '.join(sorted(MODES))}", file=sys.stderr)
+        return 2
+    params = dict(args.set or [])
+    if args.params_json:
+        try:
+            params = {**json.loads(args.params_json), **params}
+        except json.JSONDecodeError as exc:
+            print(f"error: --params-json: not JSON ({exc})", file=sys.stderr)
+            return 2
+    return _command(args, {"type": "cluster_mode", "mode": args.name, "params": params}, wait_s=PROPOSE_TIMEOUT_S + 0.5)
 
 
 def _new_member(args) -> dict:
@@ -118,9 +165,24 @@ def add_cluster_parser(sub, talk) -> None:
     p = talk("status", "leader, term, mode, target, actual and every member (from any member)", cmd_status, csub)
     p.add_argument("--json", action="store_true",
                    help="one JSON object (leader, term, mode, target_w, actual_w, unplaced_w, members, ...)")
-    p = talk("setpoint", "set the cluster's power target through the Raft log (positive = discharge)", cmd_setpoint,
-             csub)
+    from .control import MODES
+
+    p = talk("mode", "show the cluster's operating mode (--show) or switch it: NAME [--set key=value ...], through "
+             "the Raft log; parameters not given take their defaults, a bad one is rejected naming the field. "
+             f"Modes: {', '.join(sorted(MODES))}", cmd_mode, csub)
+    p.add_argument("name", nargs="?", metavar="NAME", help="the mode to switch to (omit, or --show, to show the mode)")
+    p.add_argument("--set", action="append", type=_assignment, metavar="KEY=VALUE",
+                   help="a mode parameter; VALUE is JSON when it parses (e.g. --set grid_target_w=200 "
+                        "--set windows='[{\"start\": \"22:00\", \"end\": \"06:00\"}]'); repeatable")
+    p.add_argument("--params-json", metavar="JSON", help="all parameters as one JSON object (--set wins)")
+    p.add_argument("--show", action="store_true", help="show the mode, its parameters and what the leader does")
+    p.add_argument("--json", action="store_true", help="with --show: one JSON object")
+    p = talk("setpoint", "a local request for the cluster's power (positive = discharge): puts the cluster in mode "
+             "local, which follows it for --hold seconds unless it is sent again, then falls back to 0 W",
+             cmd_setpoint, csub)
     p.add_argument("--w", type=_watts, required=True, metavar="W", help="watts for the whole cluster, e.g. 6000 or -4000")
+    p.add_argument("--hold", type=float, default=600.0, metavar="S",
+                   help="how long the request holds without being sent again, 1..3600 s (default 600)")
     p = talk("add", "add a running node to the cluster (Raft membership change, through any member); start the new "
              "node first with every member, itself too, in its cluster.members", cmd_add, csub)
     p.add_argument("--member-params", metavar="FILE",

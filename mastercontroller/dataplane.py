@@ -61,6 +61,7 @@ class DataPlane:
         self._pub: zmq.asyncio.Socket | None = None
         self._subs: dict[str, zmq.asyncio.Socket] = {}
         self._tasks: dict[str, asyncio.Task] = {}
+        self._closing: set[asyncio.Task] = set()  # receivers of members that left, until they have ended
 
     async def start(self) -> None:
         self._ctx = zmq.asyncio.Context()
@@ -90,15 +91,21 @@ class DataPlane:
 
     async def disconnect(self, node_id: str) -> None:
         """Stop listening to a member that left; new subscriptions with its key are refused
-        (one already open is not cut: it only hears what every member hears)."""
+        (one already open is not cut: it only hears what every member hears).
+
+        The caller (the cluster's cycle) never waits on the receiver: its socket is closed
+        once the cancelled task has ended, however long that takes."""
         task, sub = self._tasks.pop(node_id, None), self._subs.pop(node_id, None)
         peer = self.peers.pop(node_id, None)
         if peer is not None:
             self.allowed.disallow(peer.public_key, node_id)
         if task is not None:
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        if sub is not None:
+            if sub is not None:
+                task.add_done_callback(lambda _: sub.close(0))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+        elif sub is not None:
             sub.close(0)
 
     def publish(self, msg: StatusMessage | DispatchMessage) -> None:
@@ -143,6 +150,10 @@ class DataPlane:
     async def close(self) -> None:
         for node_id in list(self._subs):
             await self.disconnect(node_id)
+        if self._closing:
+            _, pending = await asyncio.wait(set(self._closing), timeout=2.0)
+            if pending:
+                log.warning("data plane: %d receiver(s) did not stop within 2 s", len(pending))
         if self._pub is not None:
             self._pub.close(0)
             self._pub = None

@@ -37,6 +37,9 @@ class StatusMessage(_Message):
     p_w: float | None = None  # actual inverter power, positive = discharge
     setpoint_w: float = 0.0
     freq_hz: float | None = None
+    grid_w: float | None = None  # this node's site meter reading, + = import (None: no fresh reading)
+    grid_wall: float | None = None  # when that reading was taken, this node's wall clock: one value per sample
+    grid_v: float | None = None  # mean phase voltage at the meter
     errors: tuple[str, ...] = ()  # listed error ids
     term_seen: int = Field(0, ge=0)  # the highest dispatch term this node has seen
 
@@ -50,6 +53,8 @@ class DispatchMessage(_Message):
     unplaced_w: float = 0.0
     setpoints: dict[str, float]
     decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
+    mode: str = ""  # the mode that decided (``grid_forming`` while islanded) and why, for status
+    note: str = Field("", max_length=300)
 
 
 def decode(topic: bytes, payload: bytes) -> StatusMessage | DispatchMessage:

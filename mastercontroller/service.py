@@ -6,10 +6,13 @@ A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
   the replicated cluster state and leadership with a lease;
 - **data plane** (`dataplane.py`, on the node's loop): every cycle this node publishes
   its status; every member's status feeds `Membership`, the cluster process image;
-- **dispatch**: while this node holds the lease it splits the cluster target over the
+- **mode and dispatch**: while this node holds the lease it runs the cluster's operating mode
+  (`control/`, through `control/runner.py`) on the cluster process image — every member's
+  status and the site meter reading one of them reports — splits the mode's target over the
   members (`dispatch.py`) every cycle and publishes one setpoint per node, stamped with
   its Raft term, a sequence number and a validity of `cluster.dispatch_valid_s`, cut at the
-  end of its lease;
+  end of its lease. The mode and its parameters live in the replicated state, so a new leader
+  continues the same mode, started bumplessly from the power the cluster measures;
 - **execution**: a dispatch that passes the term fence (`fence.py`) goes into the
   node's `cluster` setpoint inbox, valid for `valid_s` from its arrival. It is a
   setpoint source like any other: the node's limiter, protection and state machine
@@ -18,9 +21,12 @@ A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
 - **members**: the data plane and the process image follow the Raft member list
   (`consensus.members()`), so a node added or removed at run time (`cluster_add_member`,
   `cluster_remove_member`) is heard and dispatched to, or dropped, by every member;
-- **cluster commands** (`cluster_setpoint`, `cluster_add_member`, `cluster_remove_member`):
-  carried out through the Raft log from a worker thread; the command's final
-  acknowledgement comes once the log has committed it.
+- **cluster commands** (`cluster_mode`, `cluster_setpoint`, `cluster_add_member`,
+  `cluster_remove_member`): carried out through the Raft log from a worker thread; the
+  command's final acknowledgement comes once the log has committed it. A mode change is
+  checked against the mode's parameters first: a bad one is rejected naming the field, and
+  nothing is proposed. `cluster_setpoint` is a local request: it puts the cluster in mode
+  `local`, which follows it for `hold_s` unless it is sent again.
 
 Every executed term is logged to `<data_dir>/dispatch.jsonl`: a `start` line when the node
 executes the term's first setpoint, an `end` line when it stops executing it (leader,
@@ -43,8 +49,11 @@ from sitecontroller.cycle import aligned_start
 
 from . import keys
 from .consensus import ClusterConsensus, ConsensusError, Member
+from .control import parse_params
+from .control.base import ClusterImage
+from .control.runner import ModeRunner
 from .dataplane import DataPlane, Peer
-from .dispatch import Dispatch, DispatchParams, NodeView, dispatch
+from .dispatch import Dispatch, DispatchParams, NodeView
 from .fence import TermFence
 from .membership import Membership
 from .messages import DispatchMessage, StatusMessage
@@ -75,7 +84,7 @@ class ClusterService:
         self.membership = Membership([m.node_id for m in cluster.members], cluster.status_stale_s)
         self._member_ids = {m.node_id for m in cluster.members}  # what the data plane and membership follow
         self.fence = TermFence(self.me)
-        self.dispatch_params = dispatch_params
+        self.runner = ModeRunner(dispatch_params, backup=params.features.BACKUP)
         self.last: Dispatch | None = None  # this node's last dispatch as leader
         self.heard: DispatchMessage | None = None  # the last dispatch this node executed
         self._seq = 0
@@ -152,6 +161,8 @@ class ClusterService:
             self._close_term()  # expired: the leader is gone or no longer dispatches to us
         lease_s = self.consensus.lease_remaining()
         if lease_s <= 0:
+            if self._lease_since is not None:
+                self.runner.reset()  # a later lease starts the mode afresh, from what is measured then
             self.last = self._lease_since = None
             return
         if self._lease_since is None:
@@ -159,21 +170,33 @@ class ClusterService:
             log.info("leading the cluster (term %d): dispatching in %.2f s", self.consensus.term, self.hold_s)
         if now - self._lease_since < self.hold_s:
             return
-        state = self.consensus.state()
-        views = [_node_view(v) for v in self.membership.image(now)]
-        self.last = dispatch(state.target_w, views, self.dispatch_params, self.last)
+        step = self.runner.step(state := self.consensus.state(), self.cluster_image(now, state))
+        self.last = step.dispatch
         self._seq += 1
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
-                              decided_wall=self.node.clock.wall(),
-                              target_w=state.target_w, unplaced_w=self.last.unplaced_w,
-                              setpoints=self.last.setpoints)
+                              decided_wall=self.node.clock.wall(), target_w=step.target_w,
+                              unplaced_w=step.dispatch.unplaced_w, setpoints=step.dispatch.setpoints,
+                              mode=step.mode, note=step.result.note[:300])
         self.plane.publish(msg)
         self._on_dispatch(msg)  # a PUB does not deliver to itself
+
+    def cluster_image(self, now: float, state) -> ClusterImage:
+        """The cluster process image: every member's latest status; the site meter from the member
+        with the lowest id that reports a fresh reading (one source, so its samples stay one series)."""
+        views = self.membership.image(now)
+        meter = next((v.status for v in sorted(views, key=lambda v: v.node_id)
+                      if v.online and v.status is not None and v.status.grid_w is not None), None)
+        return ClusterImage(
+            now, self.node.clock.wall(), self.period_s, tuple(_node_view(v) for v in views),
+            grid_w=None if meter is None else meter.grid_w, grid_t=None if meter is None else meter.grid_wall,
+            freq_hz=None if meter is None else meter.freq_hz, grid_v=None if meter is None else meter.grid_v,
+            request_w=state.target_w if state.target_wall is not None else None, request_wall=state.target_wall)
 
     def own_status(self) -> StatusMessage:
         node, image, decision = self.node, self.node.image, self.node.decision
         bms = image.bms if image else None
         inv = image.inverter if image else None
+        meter = image.meter if image else None
         limits = decision.limits if decision else None
         soh = bms.soh if bms is not None else 1.0
         return StatusMessage(
@@ -183,7 +206,10 @@ class ClusterService:
             charge_w=0.0 if limits is None else max(0.0, limits.charge_w),
             discharge_w=0.0 if limits is None else max(0.0, limits.discharge_w),
             p_w=None if inv is None else inv.p_w, setpoint_w=node.setpoint_w,
-            freq_hz=None if inv is None else inv.freq_hz,
+            freq_hz=meter.freq_hz if meter is not None and meter.freq_hz is not None else (inv.freq_hz if inv else None),
+            grid_w=None if meter is None else meter.p_w,
+            grid_wall=None if meter is None else round(image.wall - (image.t - meter.t), 3),
+            grid_v=sum(meter.phase_v) / len(meter.phase_v) if meter is not None and meter.phase_v else None,
             errors=tuple(e.id for e in node.errors.listed()), term_seen=self.fence.highest_term,
         )
 
@@ -230,11 +256,26 @@ class ClusterService:
 
     # --- cluster commands ------------------------------------------------------------------
     def handle(self, cmd, image):
-        if cmd.type == "cluster_setpoint":
+        if cmd.type == "cluster_mode":
+            try:
+                params = parse_params(cmd.mode, cmd.params).model_dump(mode="json")
+            except ValueError as exc:
+                return REJECTED, str(exc), {}
+
             def work():
-                state = self.consensus.propose({"target_w": cmd.target_w}, PROPOSE_TIMEOUT_S)
-                return (f"cluster target {state.target_w:.0f} W (version {state.version})",
-                        {"target_w": state.target_w, "version": state.version})
+                state = self.consensus.propose({"mode": cmd.mode, "mode_params": params}, PROPOSE_TIMEOUT_S)
+                return (f"cluster mode {state.mode} (version {state.version})",
+                        {"mode": state.mode, "mode_params": state.mode_params, "version": state.version})
+        elif cmd.type == "cluster_setpoint":
+            wall = self.node.clock.wall()
+
+            def work():
+                now = self.consensus.state()
+                params = {**(now.mode_params if now.mode == "local" else {}), "heartbeat_s": cmd.hold_s}
+                state = self.consensus.propose({"mode": "local", "mode_params": params, "target_w": cmd.target_w,
+                                                "target_wall": wall}, PROPOSE_TIMEOUT_S)
+                return (f"mode local: cluster target {state.target_w:.0f} W for {cmd.hold_s:g} s "
+                        f"(version {state.version})", {"target_w": state.target_w, "version": state.version})
         elif cmd.type == "cluster_add_member":
             m = cmd.member
             member = Member(m.node_id, m.raft, m.public_key, m.data)
@@ -289,7 +330,9 @@ class ClusterService:
         actual = sum(m["p_w"] for m in members if m["online"] and m["p_w"] is not None)
         return {
             "node_id": self.me, "role": self.role, "leader": self.consensus.leader_id, "term": self.consensus.term,
-            "has_lease": self.consensus.has_lease(), "mode": state.mode, "target_w": state.target_w,
+            "has_lease": self.consensus.has_lease(), "mode": state.mode, "mode_params": state.mode_params,
+            "mode_running": None if heard is None else heard.mode, "mode_note": None if heard is None else heard.note,
+            "request_w": state.target_w, "target_w": None if heard is None else heard.target_w,
             "version": state.version, "actual_w": round(actual, 1),
             "unplaced_w": None if heard is None else heard.unplaced_w,
             "dispatch": None if heard is None else {"leader": heard.leader, "term": heard.term, "seq": heard.seq},

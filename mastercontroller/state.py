@@ -2,7 +2,10 @@
 
 Every change goes through the Raft log (consensus.py ``propose``) and is validated by
 ``validate_change`` the same way on every node: a change sets values (mode, mode
-parameters, cluster target, cluster limits), so applying it twice is harmless.
+parameters, the local request and its time, cluster limits), so applying it twice is
+harmless. A change that leaves the mode with parameters it cannot run with (checked with
+the mode's own ``Params``, ``control.parse_params``) is refused as a whole and the state
+stays as it was.
 """
 from __future__ import annotations
 
@@ -12,14 +15,15 @@ from dataclasses import dataclass, field, replace
 
 from pysyncobj import SyncObjConsumer, replicated
 
-_CHANGE_KEYS = ("mode", "mode_params", "target_w", "limits")
+_CHANGE_KEYS = ("mode", "mode_params", "target_w", "target_wall", "limits")
 
 
 @dataclass(frozen=True)
 class ClusterState:
     mode: str = "passive"
     mode_params: dict = field(default_factory=dict)
-    target_w: float = 0.0
+    target_w: float = 0.0          # the local request (mode ``local``), + = discharge
+    target_wall: float | None = None  # UTC epoch s it was set or refreshed (its heartbeat)
     limits: dict | None = None     # {"charge_w": float, "discharge_w": float} or None
     version: int = 0
 
@@ -52,6 +56,8 @@ def validate_change(change) -> dict:
         out["mode"] = mode
     if "target_w" in change:
         out["target_w"] = _finite(change["target_w"], "target_w")
+    if "target_wall" in change:
+        out["target_wall"] = _finite(change["target_wall"], "target_wall")
     if "limits" in change:
         limits = change["limits"]
         if limits is None:
@@ -89,9 +95,14 @@ class StateMachine(SyncObjConsumer):
 
     @replicated
     def apply_change(self, change):
+        from .control import parse_params
+
         try:
             change = validate_change(change)  # deterministic: the same on every node
+            new = replace(self.state, **change, version=self.state.version + 1)
+            if "mode" in change or "mode_params" in change:
+                parse_params(new.mode, new.mode_params)
         except ValueError as e:
             return ("error", str(e))
-        self.state = replace(self.state, **change, version=self.state.version + 1)
+        self.state = new
         return self.state

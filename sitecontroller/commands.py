@@ -81,11 +81,24 @@ class Restart(_Base):
 
 
 class ClusterSetpoint(_Base):
-    """The cluster's power target, positive = discharge; through the Raft log, from any node."""
+    """A local request for the cluster's power, positive = discharge; through the Raft log, from
+    any node. It puts the cluster in mode ``local``, which follows it for ``hold_s`` unless it is
+    sent again (a heartbeat), then falls back to 0 W."""
 
     scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
     type: Literal["cluster_setpoint"]
     target_w: float = Field(..., ge=-MAX_POWER_W, le=MAX_POWER_W, allow_inf_nan=False)
+    hold_s: float = Field(600.0, ge=1, le=3600, allow_inf_nan=False)
+
+
+class ClusterMode(_Base):
+    """Switch the cluster's operating mode (with its parameters; defaults for those not given),
+    through the Raft log. The parameters are checked against the mode before anything is proposed."""
+
+    scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
+    type: Literal["cluster_mode"]
+    mode: str = Field(..., min_length=1, max_length=64)
+    params: dict = Field(default_factory=dict)
 
 
 class ClusterAddMember(_Base):
@@ -105,7 +118,8 @@ class ClusterRemoveMember(_Base):
     node_id: str = Field(..., pattern=ID_PATTERN)
 
 
-_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterAddMember, ClusterRemoveMember)
+_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterMode, ClusterAddMember,
+          ClusterRemoveMember)
 Command = Annotated[Union[_TYPES], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
 COMMAND_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _TYPES)

@@ -262,17 +262,23 @@ def test_three_nodes_elect_one_leader_and_converge(clusters):
     leader, term = wait_leader(c, timeout_s=5.0)
     assert term >= 1
     follower = next(i for i in c.ids if i != leader)
-    resp = c.peers[follower].call("propose", change={"mode": "peak_shaving", "target_w": 1500,
+    resp = c.peers[follower].call("propose", change={"mode": "load_matching", "target_w": 1500,
                                                      "limits": {"charge_w": 5000, "discharge_w": 6000},
-                                                     "mode_params": {"threshold_w": 8000}})
+                                                     "mode_params": {"import_limit_w": 8000}})
     assert resp["version"] == 1
     wait_version(c, 1)
     st = c.peers[leader].status()["state"]
-    assert st == {"mode": "peak_shaving", "mode_params": {"threshold_w": 8000}, "target_w": 1500.0,
+    assert st == {"mode": "load_matching", "mode_params": {"import_limit_w": 8000}, "target_w": 1500.0,
                   "limits": {"charge_w": 5000.0, "discharge_w": 6000.0}, "version": 1}
     # a bad change is refused with the field named, and changes nothing
     with pytest.raises(RuntimeError, match="target_w: must be finite"):
         c.peers[follower].call("propose", change={"target_w": float("inf")})
+    # so is a mode parameter the mode cannot run with, or a mode nobody knows
+    with pytest.raises(RuntimeError, match="load_matching: import_limit_w: Input should be greater than or equal to 0"):
+        c.peers[follower].call("propose", change={"mode_params": {"import_limit_w": -1}})
+    with pytest.raises(RuntimeError, match="unknown mode 'warp'"):
+        c.peers[follower].call("propose", change={"mode": "warp"})
+    assert c.peers[leader].status()["state"]["version"] == 1
     with pytest.raises(RuntimeError, match="unknown key"):
         c.peers[follower].call("propose", change={"speed": 3})
     assert all(s["state"]["version"] == 1 for s in c.statuses().values())
@@ -293,7 +299,7 @@ def test_kill_leader_new_leader_within_2s_and_never_two_leases(clusters):
             2.0, f"a new leader after killing {leader}", ids=survivors)
         assert new_term > term
         # the new leader has the committed state, and accepts changes
-        version = c.peers[new].call("propose", change={"mode": f"round{round_}"})["version"]
+        version = c.peers[new].call("propose", change={"target_w": float(round_)})["version"]
         c.start(leader)  # the killed node comes back with its journal
         wait_leader(c, ids=c.ids, timeout_s=5.0)
         wait_version(c, version, ids=c.ids)
@@ -307,7 +313,7 @@ def test_restarted_nodes_keep_state_from_journal(clusters):
         c.peers[leader].call("propose", change={"target_w": w})
     follower = next(i for i in c.ids if i != leader)
     c.peers[follower].kill()
-    v = c.peers[leader].call("propose", change={"mode": "while_down"})["version"]
+    v = c.peers[leader].call("propose", change={"mode": "charge_only"})["version"]
     c.start(follower)
     wait_version(c, v, ids=c.ids)
     # the whole cluster stops and comes back: the state comes from each node's journal
@@ -317,7 +323,7 @@ def test_restarted_nodes_keep_state_from_journal(clusters):
         c.start(i)
     wait_leader(c, ids=c.ids)
     sts = wait_version(c, v, ids=c.ids)
-    assert sts and all(s["state"]["mode"] == "while_down" and s["state"]["target_w"] == 3.0
+    assert sts and all(s["state"]["mode"] == "charge_only" and s["state"]["target_w"] == 3.0
                        for s in c.statuses().values())
 
 
@@ -363,7 +369,7 @@ def test_peer_with_wrong_key_is_refused_and_cannot_disturb(clusters):
 def test_partitioned_leader_loses_lease_majority_elects_then_heals(clusters):
     c = clusters(proxied=True)
     leader, term = wait_leader(c, timeout_s=5.0)
-    v = c.peers[leader].call("propose", change={"mode": "before_cut"})["version"]
+    v = c.peers[leader].call("propose", change={"target_w": 11.0})["version"]
     wait_version(c, v, ids=c.ids)
     majority = [i for i in c.ids if i != leader]
     c.cut(leader)
@@ -377,14 +383,14 @@ def test_partitioned_leader_loses_lease_majority_elects_then_heals(clusters):
     assert time.monotonic() - t0 <= LEASE_S + 0.5
     # the isolated node steps down (pysyncobj leaderFallbackTimeout = lease_s)
     poll(c, lambda s: s[leader]["role"] != "leader", LEASE_S + 0.5, "the isolated leader steps down")
-    v = c.peers[new].call("propose", change={"mode": "during_cut", "target_w": -2000})["version"]
+    v = c.peers[new].call("propose", change={"mode": "local", "target_w": -2000})["version"]
     c.heal()
     wait_leader(c, ids=c.ids, timeout_s=5.0)
     wait_version(c, v, ids=c.ids)
     # right after a heal pysyncobj may lose a forwarded command; propose() proposes it again itself
-    v = c.peers[leader].call("propose", change={"mode": "after_heal"})["version"]
+    v = c.peers[leader].call("propose", change={"mode": "grid_forming"})["version"]
     sts = wait_version(c, v, ids=c.ids)
-    assert all(s["state"]["mode"] == "after_heal" for s in c.statuses().values()) and sts
+    assert all(s["state"]["mode"] == "grid_forming" for s in c.statuses().values()) and sts
 
 
 @pytest.mark.slow
@@ -394,13 +400,13 @@ def test_add_and_remove_a_fourth_member(clusters):
     for i in first:
         c.start(i, c.config(i, members=first))
     leader, _ = wait_leader(c, ids=first)
-    v = c.peers[leader].call("propose", change={"mode": "three", "target_w": 300})["version"]
+    v = c.peers[leader].call("propose", change={"mode": "passive", "target_w": 300})["version"]
     c.start("n4")  # knows all four; the three refuse it until it is added
     follower = next(i for i in first if i != leader)
     c.peers[follower].call("add_member", member=c.member("n4"))
     wait_version(c, v, ids=c.ids, timeout_s=5.0)
     wait_leader(c, ids=c.ids, timeout_s=5.0)
-    v = c.peers["n4"].call("propose", change={"mode": "four"})["version"]
+    v = c.peers["n4"].call("propose", change={"target_w": 4.0})["version"]
     wait_version(c, v, ids=c.ids)
     assert all("n4" in s["stats"]["peers"] for i, s in c.statuses(first).items())
     some = next(i for i in first)
@@ -408,7 +414,7 @@ def test_add_and_remove_a_fourth_member(clusters):
     poll(c, lambda s: all("n4" not in s[i]["stats"]["peers"] for i in first), 5.0, "n4 removed", ids=first)
     c.peers["n4"].stop()
     wait_leader(c, ids=first)
-    v = c.peers[follower].call("propose", change={"mode": "three_again"})["version"]
+    v = c.peers[follower].call("propose", change={"target_w": 33.0})["version"]
     wait_version(c, v, ids=first)
 
 
