@@ -82,7 +82,7 @@ class DispatchParams:
     wake_hysteresis: float = 0.2      # wake one more only when each would carry > min_efficient_w * 1.2
     sleep_headroom: float = 1.5       # sleep a node only if the awake caps cover |target| * 1.5
     min_dwell_cycles: int = 50        # cycles between two consolidation changes (5 s at 100 ms)
-    swap_margin: float = 0.05         # SOC advantage for a sleeping node to swap in for an awake one
+    swap_margin: float = 0.015        # SOC advantage for a sleeping node to swap in for an awake one
 
     def __post_init__(self) -> None:
         checks = (

@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mastercontroller.cli import add_cluster_parser  # `sitecontroller cluster keygen|status|setpoint`
 
     add_cluster_parser(sub, talk)
+    from mastercontroller.simulate.cli import add_simulate_parser  # `sitecontroller simulate` (a simulated day)
+
+    add_simulate_parser(sub)
     return ap
 
 

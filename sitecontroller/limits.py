@@ -44,6 +44,7 @@ Tapers and derates scale the nameplate ceiling ("charge tapered to 60%" means
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -124,8 +125,12 @@ def _fraction_above(value: float, bound: float, width: float) -> float:
 
 def nameplate(inp: LimitInputs) -> PowerLimits:
     """The starting ceiling: inverter rating and the configured battery maxima."""
-    rated = _safe_w(inp.rated_w)
-    max_c, max_d = _safe_w(inp.battery.max_charge_w), _safe_w(inp.battery.max_discharge_w)
+    return _nameplate(_safe_w(inp.rated_w), _safe_w(inp.battery.max_charge_w), _safe_w(inp.battery.max_discharge_w))
+
+
+@functools.lru_cache(maxsize=64)
+def _nameplate(rated: float, max_c: float, max_d: float) -> PowerLimits:
+    # cached: every layer asks for it every cycle, and the (immutable) answer changes only with the parameters
     c_why = f"inverter rating {rated:.0f} W" if rated <= max_c else f"configured max charge {max_c:.0f} W"
     d_why = f"inverter rating {rated:.0f} W" if rated <= max_d else f"configured max discharge {max_d:.0f} W"
     return PowerLimits(min(rated, max_c), min(rated, max_d), (), c_why, d_why)

@@ -44,6 +44,7 @@ class ModeRunner:
         self.backup = backup
         self._island: grid_forming.Island | None = None  # a backup site islanded under another mode
         self._key: tuple | None = None   # (mode, params as given) the memory belongs to
+        self._version: int | None = None  # the state version the key was last checked at
         self._mode = None
         self._params = None
         self._memory = None
@@ -51,14 +52,16 @@ class ModeRunner:
 
     def reset(self) -> None:
         """Forget the mode's memory (e.g. this node lost the lease): the next step starts afresh."""
-        self._key = None
+        self._key = self._version = None
         self._dispatch = None
 
     def step(self, state: ClusterState, image: ClusterImage) -> Step:
-        key = (state.mode, repr(sorted(state.mode_params.items())))
-        if key != self._key:
-            self._enter(state, image)
-            self._key = key
+        if state.version != self._version or self._key is None:  # parameters can only change with the version
+            self._version = state.version
+            key = (state.mode, repr(sorted(state.mode_params.items())))
+            if key != self._key:
+                self._enter(state, image)
+                self._key = key
         result, name = self._island_step(image), grid_forming.NAME
         if result is None:
             result, name = self._mode.step(image, self._params, self._memory), self._mode.NAME

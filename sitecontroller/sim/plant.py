@@ -5,6 +5,11 @@ registers, HTTP) lives in the simulated devices, which read this state and
 write setpoints into it. Time comes from the caller: `Plant.step(dt_s, wall_s)`.
 
 Signs: battery and inverter power positive = discharge; grid positive = import.
+
+Optional physics (defaults keep the simple behaviour): an inverter first-order response
+(`Inverter.response_s`), and a grid loss (`Grid.lost`) in a `SitePlant`: the inverters then
+either form the grid and carry the site (`SitePlant.grid_forming`, within each node's power
+window) or the site is blacked out (see `SitePlant.step`).
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ class Battery:
     temp_c: list[float] = field(default_factory=list)  # per rack
     cell_spread: list[list[float]] = field(default_factory=list)  # per cell SOC offset
     cell_t_spread: list[list[float]] = field(default_factory=list)
+    _ocv_tables: dict = field(default_factory=dict, repr=False, compare=False)  # `_ocv_sum`'s cache
 
     def seed_spread(self, rng: random.Random) -> None:
         self.cell_spread = [[rng.gauss(0, 0.004) for _ in range(self.cells_per_rack)] for _ in range(self.racks)]
@@ -76,15 +82,63 @@ class Battery:
         """Racks are in parallel: the pack voltage is a rack's string voltage."""
         return sum(self.cell_v(0))
 
+    def _ocv_sum(self, spread: list[float]) -> float:
+        """sum(ocv_cell_v(soc + d) for d in spread), cheaply: as a function of SOC that sum is
+        piecewise linear with a corner where any cell crosses a corner of the OCV curve, so it is
+        tabulated once per set of offsets (exactly, at its corners) and interpolated."""
+        key = tuple(spread)
+        table = self._ocv_tables.get(key)
+        if table is None:
+            xs = sorted({x - d for x in OCV_SOC for d in spread})
+            table = (xs, [sum(ocv_cell_v(x + d) for d in spread) for x in xs])
+            if len(self._ocv_tables) > 8:
+                self._ocv_tables.clear()
+            self._ocv_tables[key] = table
+        xs, ys = table
+        i = bisect.bisect_right(xs, self.soc)
+        if i == 0:
+            return ys[0]
+        if i == len(xs):
+            return ys[-1]
+        x0, y0 = xs[i - 1], ys[i - 1]
+        return y0 + (ys[i] - y0) * (self.soc - x0) / (xs[i] - x0)
+
+    def cell_summary(self) -> tuple[float, float, float, float, float, float]:
+        """(pack_v, cell_v_min, cell_v_max, cell_v_avg, cell_t_min, cell_t_max) over every rack, without
+        building the per-cell lists (the OCV curve rises with SOC, so the extreme cells are those with
+        the extreme SOC offsets). The same values as `pack_v`, `cell_v` and `cell_t` (to rounding)."""
+        if self.cell_v_fault_v:  # the knob moves one cell of rack 0: take the slow, exact path
+            cells = [v for r in range(self.racks) for v in self.cell_v(r)]
+            return (sum(self.cell_v(0)), min(cells), max(cells), sum(cells) / len(cells)) + self._cell_t_extremes()
+        spread, n, soc = self.cell_spread, self.cells_per_rack, self.soc
+        drop = self.pack_a / self.racks * self.r_cell_ohm
+        pack_ocv = self._ocv_sum(spread[0])
+        if self.racks == 1:
+            lo, hi, avg_ocv = min(spread[0]), max(spread[0]), pack_ocv / n
+        else:
+            lo, hi = min(map(min, spread)), max(map(max, spread))
+            avg_ocv = sum(map(self._ocv_sum, spread)) / (n * self.racks)
+        return (pack_ocv - n * drop, ocv_cell_v(soc + lo) - drop, ocv_cell_v(soc + hi) - drop, avg_ocv - drop,
+                *self._cell_t_extremes())
+
+    def _cell_t_extremes(self) -> tuple[float, float]:
+        # base + d rises with d (rounding is monotonic): the extremes are base + the extreme offsets
+        fault, spread = self.temp_fault_c, self.cell_t_spread
+        if self.racks == 1:
+            base = self.temp_c[0] + fault
+            return base + min(spread[0]), base + max(spread[0])
+        bases = [t + fault for t in self.temp_c]
+        return (min(b + min(d) for b, d in zip(bases, spread)), max(b + max(d) for b, d in zip(bases, spread)))
+
     @property
     def usable_wh(self) -> float:
         return self.capacity_wh * self.soh
 
-    def limits_a(self) -> tuple[float, float]:
-        """The BMS's own charge/discharge current limits (what it would send)."""
+    def limits_a(self, t_extremes: tuple[float, float] | None = None) -> tuple[float, float]:
+        """The BMS's own charge/discharge current limits (what it would send); `t_extremes`: the
+        (min, max) cell temperature when the caller has it already (`cell_summary`)."""
         one_c = self.usable_wh / self.nominal_v
-        t_max = max(self.cell_t(r)[i] for r in range(self.racks) for i in range(self.cells_per_rack))
-        t_min = min(self.cell_t(r)[i] for r in range(self.racks) for i in range(self.cells_per_rack))
+        t_min, t_max = t_extremes or self._cell_t_extremes()
         derate = 1.0 if t_max < 45 else max(0.0, (55 - t_max) / 10)
         if t_min < 5:
             charge_t = max(0.0, t_min / 5)
@@ -98,7 +152,9 @@ class Battery:
         """Move `dc_w` (positive = discharge) through the battery for `dt_s`."""
         if not self.contactor_closed or self.sleeping:
             dc_w = 0.0
-        v = max(self.pack_v, 1.0)
+        drop = self.pack_a / self.racks * self.r_cell_ohm
+        v = max(self.pack_v if self.cell_v_fault_v else self._ocv_sum(self.cell_spread[0]) - self.cells_per_rack * drop,
+                1.0)
         self.pack_a = dc_w / v
         if dc_w >= 0:
             chem_wh = dc_w * dt_s / 3600 / self.discharge_eff
@@ -117,6 +173,7 @@ class Inverter:
     rated_w: float
     ramp_w_per_s: float = 20_000.0
     efficiency: float = 0.97
+    response_s: float = 0.0  # first-order lag toward the (ramp-limited) setpoint; 0: none
     setpoint_p_w: float = 0.0
     setpoint_q_var: float = 0.0
     run_requested: bool = False
@@ -149,10 +206,23 @@ class Inverter:
         if battery.soc >= 1.0 and target < 0:
             target = 0.0
         step = self.ramp_w_per_s * dt_s
-        self.p_w += max(-step, min(step, target - self.p_w))
+        move = target - self.p_w
+        if self.response_s > 0:
+            move *= -math.expm1(-dt_s / self.response_s)
+        self.p_w += max(-step, min(step, move))
         if not self.running:
             self.p_w = 0.0
         self.q_var = max(-self.rated_w, min(self.rated_w, self.setpoint_q_var)) if self.running else 0.0
+        return self._settle(dt_s)
+
+    def carry(self, p_w: float, dt_s: float) -> float:
+        """Grid forming (islanded): deliver exactly `p_w` (the site's balance), no ramp or lag;
+        return the DC power drawn."""
+        self.p_w = p_w if self.running else 0.0
+        self.q_var = 0.0
+        return self._settle(dt_s)
+
+    def _settle(self, dt_s: float) -> float:
         loss_w = abs(self.p_w) * (1 - self.efficiency)
         self.temp_c += (30.0 + loss_w / 20 - self.temp_c) * min(1.0, dt_s / 600)
         return self.p_w / self.efficiency if self.p_w >= 0 else self.p_w * self.efficiency
@@ -164,6 +234,7 @@ class Grid:
     nominal_v: float = 230.0
     freq_hz: float = 50.0
     freq_offset_hz: float = 0.0  # knob: a frequency event for grid-service tests
+    lost: bool = False  # knob: the grid is gone (a blackout at the connection point; see SitePlant.step)
 
     def step(self, rng: random.Random, dt_s: float) -> None:
         # a slow, bounded random walk around nominal (±0.1 Hz)
@@ -285,6 +356,10 @@ class SitePlant:
     inverter power. The site steps the shared physics once per step, then every node.
     It has the attributes a simulated meter reads (`grid_p_w`, `grid`, `phase_split`,
     `phase_v`, `meter_stopped`), so the one site meter is served from it.
+
+    Grid loss (`grid.lost`): the meter reads 0 W, and each step either the inverters form the grid
+    (`grid_forming`, set by the cluster's controller) and carry the site within their `windows`,
+    or the site is dark; `unserved_w` and `curtailed_w` report what could not be balanced.
     """
 
     def __init__(self, grid: Grid, solar: Solar, load: Load, seed: int = 1, wall_s: float = 0.0, phases: int = 3):
@@ -294,6 +369,12 @@ class SitePlant:
         self.phases = phases
         self.meter_stopped = False
         self.nodes: dict[str, Plant] = {}
+        # grid loss (`grid.lost`): set by whoever controls the cluster, read each step
+        self.grid_forming = False  # the inverters form the grid (backup) while it is lost
+        self.windows: dict[str, tuple[float, float]] = {}  # node id -> (charge_w, discharge_w) it may carry
+        # results of the last step during a loss, W
+        self.unserved_w = 0.0  # load nobody supplied
+        self.curtailed_w = 0.0  # PV that could not be used
 
     @classmethod
     def from_params(cls, params_list, wall_s: float = 0.0) -> "SitePlant":
@@ -316,7 +397,42 @@ class SitePlant:
         self.load.step(self.rng, dt_s)
         for node in self.nodes.values():
             node.wall_s = self.wall_s
+        if self.grid.lost:
+            self._island(dt_s)
+            return
+        self.unserved_w = self.curtailed_w = 0.0
+        for node in self.nodes.values():
             node.step_node(dt_s)
+
+    def _island(self, dt_s: float) -> None:
+        """The grid is lost. Grid forming: the inverters carry load - PV, shared in proportion to
+        their windows in that direction (`windows`, default their rating; an inverter that does not
+        run carries nothing); load above what they can give is unserved, PV above what they can take
+        is curtailed. Not grid forming: a blackout, every inverter at 0 W, all load unserved."""
+        load, pv = self.load_w, self.pv_w
+        if not self.grid_forming:
+            self.unserved_w, self.curtailed_w = load, pv
+            for node in self.nodes.values():
+                node.battery.step(node.inverter.carry(0.0, dt_s), dt_s)
+            return
+        net = load - pv  # + : the batteries discharge
+        caps = {}
+        for node_id, node in self.nodes.items():
+            c, d = self.windows.get(node_id, (node.inverter.rated_w, node.inverter.rated_w))
+            b = node.battery
+            able = node.inverter.running and b.contactor_closed and not b.sleeping
+            if not able or (net > 0 and b.soc <= 0.0) or (net < 0 and b.soc >= 1.0):
+                c = d = 0.0
+            rated = node.inverter.rated_w
+            caps[node_id] = max(0.0, min(rated, d if net >= 0 else c))
+        total = sum(caps.values())
+        done = min(abs(net), total)
+        self.unserved_w = max(0.0, net - done) if net >= 0 else 0.0
+        self.curtailed_w = max(0.0, -net - done) if net < 0 else 0.0
+        sign = 1.0 if net >= 0 else -1.0
+        for node_id, node in self.nodes.items():
+            share = sign * done * caps[node_id] / total if total > 0 else 0.0
+            node.battery.step(node.inverter.carry(share, dt_s), dt_s)
 
     @property
     def pv_w(self) -> float:
@@ -333,7 +449,10 @@ class SitePlant:
 
     @property
     def grid_p_w(self) -> float:
-        """At the one connection point, positive = import: load - PV - every node's inverter power."""
+        """At the one connection point, positive = import: load - PV - every node's inverter power
+        (0 while the grid is lost)."""
+        if self.grid.lost:
+            return 0.0
         return self.load_w - self.pv_w - self.nodes_p_w
 
     def phase_split(self, total: float) -> tuple[float, ...]:

@@ -63,9 +63,11 @@ def test_setpoints_never_leave_any_limit(seed):
         if cycle % 40 == 0:
             mode = rng.choice(modes)
             limits = rng.choice([None, {"charge_w": rng.uniform(0, 6000), "discharge_w": rng.uniform(0, 6000)}])
-            state = ClusterState(mode=mode, mode_params=rng.choice(SAMPLE_PARAMS[mode]), limits=limits)
+            state = ClusterState(mode=mode, mode_params=rng.choice(SAMPLE_PARAMS[mode]), limits=limits,
+                                 version=state.version + 1)
         image = _random_image(rng, float(cycle))
         step = runner.step(state, image)
+        assert step.mode in (state.mode, "grid_forming")
         result: ModeResult = step.result
         d = step.dispatch
         if state.limits is not None:
@@ -86,7 +88,7 @@ def test_setpoints_never_leave_any_limit(seed):
 def test_an_unreadable_state_runs_passive():
     runner = ModeRunner()
     img = ClusterImage(0.0, WALL0, 1.0, (NodeView("a", True, "run", 0.5, 1000, 500, 500),), grid_w=3000.0, grid_t=0.0)
-    for state in (ClusterState(mode="warp_drive"), ClusterState(mode="self_consumption", mode_params={"kp": -1})):
+    for state in (ClusterState(mode="warp_drive"), ClusterState(mode="self_consumption", mode_params={"kp": -1}, version=1)):
         step = runner.step(state, img)
         assert step.mode == "passive" and step.target_w == 0.0
 
@@ -96,6 +98,6 @@ def test_parameter_change_restarts_the_mode_bumplessly():
     nodes = (NodeView("a", True, "run", 0.5, 10_000, 5000, 5000, 2500.0),)
     img = ClusterImage(0.0, WALL0, 1.0, nodes, grid_w=0.0, grid_t=0.0)
     runner.step(ClusterState(mode="self_consumption"), img)
-    step = runner.step(ClusterState(mode="self_consumption", mode_params={"grid_target_w": 0.0, "kp": 0.3}),
+    step = runner.step(ClusterState(mode="self_consumption", mode_params={"grid_target_w": 0.0, "kp": 0.3}, version=1),
                        ClusterImage(1.0, WALL0 + 1, 1.0, nodes, grid_w=0.0, grid_t=1.0))
     assert step.target_w == pytest.approx(2500.0)  # from the measured 2.5 kW, not from zero

@@ -9,6 +9,7 @@ import errno
 import itertools
 import json
 import re
+import shlex
 import shutil
 from collections import namedtuple
 
@@ -37,7 +38,10 @@ def _commands() -> list[str]:
 
 
 def _variants(command: str) -> list[list[str]]:
-    """`setpoint --w N [--hold S]` -> with and without the optional part; `a|b` -> each choice."""
+    """`setpoint --w N [--hold S]` -> with and without the optional part; `a|b` -> each choice.
+    A command with shell quotes (JSON values) is taken as written, split the way the shell does."""
+    if "'" in command:
+        return [shlex.split(command)]
     optional = re.findall(r"\[([^\]]+)\]", command)
     out = []
     for keep in itertools.product([False, True], repeat=len(optional)):
