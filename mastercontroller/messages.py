@@ -38,7 +38,7 @@ class StatusMessage(_Message):
     setpoint_w: float = 0.0
     freq_hz: float | None = None
     grid_w: float | None = None  # this node's site meter reading, + = import (None: no fresh reading)
-    grid_wall: float | None = None  # when that reading was taken, this node's wall clock: one value per sample
+    grid_t: float | None = None  # when that reading arrived, this node's monotonic s: one value per sample
     grid_v: float | None = None  # mean phase voltage at the meter
     errors: tuple[str, ...] = ()  # listed error ids
     term_seen: int = Field(0, ge=0)  # the highest dispatch term this node has seen

@@ -188,7 +188,7 @@ class ClusterService:
                       if v.online and v.status is not None and v.status.grid_w is not None), None)
         return ClusterImage(
             now, self.node.clock.wall(), self.period_s, tuple(_node_view(v) for v in views),
-            grid_w=None if meter is None else meter.grid_w, grid_t=None if meter is None else meter.grid_wall,
+            grid_w=None if meter is None else meter.grid_w, grid_t=None if meter is None else meter.grid_t,
             freq_hz=None if meter is None else meter.freq_hz, grid_v=None if meter is None else meter.grid_v,
             request_w=state.target_w if state.target_wall is not None else None, request_wall=state.target_wall)
 
@@ -208,7 +208,7 @@ class ClusterService:
             p_w=None if inv is None else inv.p_w, setpoint_w=node.setpoint_w,
             freq_hz=meter.freq_hz if meter is not None and meter.freq_hz is not None else (inv.freq_hz if inv else None),
             grid_w=None if meter is None else meter.p_w,
-            grid_wall=None if meter is None else round(image.wall - (image.t - meter.t), 3),
+            grid_t=None if meter is None else meter.t,
             grid_v=sum(meter.phase_v) / len(meter.phase_v) if meter is not None and meter.phase_v else None,
             errors=tuple(e.id for e in node.errors.listed()), term_seen=self.fence.highest_term,
         )
@@ -262,8 +262,9 @@ class ClusterService:
             except ValueError as exc:
                 return REJECTED, str(exc), {}
 
-            def work():
-                state = self.consensus.propose({"mode": cmd.mode, "mode_params": params}, PROPOSE_TIMEOUT_S)
+            def work():  # a local request does not outlive a mode change (it cannot come back later)
+                state = self.consensus.propose({"mode": cmd.mode, "mode_params": params, "target_w": 0.0,
+                                                "target_wall": None}, PROPOSE_TIMEOUT_S)
                 return (f"cluster mode {state.mode} (version {state.version})",
                         {"mode": state.mode, "mode_params": state.mode_params, "version": state.version})
         elif cmd.type == "cluster_setpoint":

@@ -3,9 +3,10 @@
 Every change goes through the Raft log (consensus.py ``propose``) and is validated by
 ``validate_change`` the same way on every node: a change sets values (mode, mode
 parameters, the local request and its time, cluster limits), so applying it twice is
-harmless. A change that leaves the mode with parameters it cannot run with (checked with
-the mode's own ``Params``, ``control.parse_params``) is refused as a whole and the state
-stays as it was.
+harmless. The checks here are structural only, so that every node, whatever version of the
+modes it runs, applies the log alike; a mode's own parameters are checked at the command
+edge before anything is proposed (``service.py``), and again by the leader that runs them
+(``control/runner.py``: what it cannot run, it does not run: passive, 0 W, logged).
 """
 from __future__ import annotations
 
@@ -56,8 +57,9 @@ def validate_change(change) -> dict:
         out["mode"] = mode
     if "target_w" in change:
         out["target_w"] = _finite(change["target_w"], "target_w")
-    if "target_wall" in change:
-        out["target_wall"] = _finite(change["target_wall"], "target_wall")
+    if "target_wall" in change:  # None: no local request
+        wall = change["target_wall"]
+        out["target_wall"] = None if wall is None else _finite(wall, "target_wall")
     if "limits" in change:
         limits = change["limits"]
         if limits is None:
@@ -95,14 +97,9 @@ class StateMachine(SyncObjConsumer):
 
     @replicated
     def apply_change(self, change):
-        from .control import parse_params
-
         try:
             change = validate_change(change)  # deterministic: the same on every node
-            new = replace(self.state, **change, version=self.state.version + 1)
-            if "mode" in change or "mode_params" in change:
-                parse_params(new.mode, new.mode_params)
         except ValueError as e:
             return ("error", str(e))
-        self.state = new
+        self.state = replace(self.state, **change, version=self.state.version + 1)
         return self.state

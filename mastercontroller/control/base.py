@@ -45,12 +45,14 @@ class ClusterImage:
     dt_s: float                   # the cycle period
     nodes: tuple[NodeView, ...]
     grid_w: float | None = None   # the site meter at the connection point, + = import; None: stale/absent
-    grid_t: float | None = None   # monotonic time of that reading: a new sample when it changes
+    grid_t: float | None = None   # the reading's time (the reporting node's monotonic s): a new sample when it changes
     freq_hz: float | None = None  # grid frequency (meter or an inverter)
     grid_v: float | None = None   # phase voltage at the connection point
     island: bool = False          # an inverter reports islanded operation (grid lost)
     request_w: float | None = None     # the cluster's local request (``cluster setpoint``: CLI/SCADA); None: none
     request_wall: float | None = None  # UTC epoch s when it was last set or refreshed (its heartbeat)
+    limit_charge_w: float | None = None     # the cluster limits (replicated state), None: none
+    limit_discharge_w: float | None = None
 
     def running(self) -> list[NodeView]:
         """Nodes that may exchange power now: online, in state run, with finite numbers."""
@@ -64,11 +66,14 @@ class ClusterImage:
 
     @property
     def charge_cap_w(self) -> float:
-        return math.fsum(max(0.0, n.charge_w) for n in self.running())
+        """What the cluster may charge now: the running nodes' caps, within the cluster limit."""
+        cap = math.fsum(max(0.0, n.charge_w) for n in self.running())
+        return cap if self.limit_charge_w is None else min(cap, self.limit_charge_w)
 
     @property
     def discharge_cap_w(self) -> float:
-        return math.fsum(max(0.0, n.discharge_w) for n in self.running())
+        cap = math.fsum(max(0.0, n.discharge_w) for n in self.running())
+        return cap if self.limit_discharge_w is None else min(cap, self.limit_discharge_w)
 
     @property
     def usable_wh(self) -> float:
@@ -92,8 +97,7 @@ class ModeResult:
     # per node (charge_w, discharge_w) caps: narrow only (e.g. a SOC reserve, "never discharge")
     node_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     grid_forming: bool = False             # the inverters should form the grid (backup, islanded)
-    unserved_w: float = 0.0                # load the cluster could not carry (islanded), reported
-    target_var: float = 0.0                # reactive power target, var (reported; nodes follow P only for now)
+    target_var: float = 0.0                # reactive power target, var (not yet executed by the nodes)
 
 
 def reserve_limits(image: ClusterImage, reserve_soc: float, *, charge: bool = True) -> dict[str, tuple[float, float]]:

@@ -31,7 +31,7 @@ class Params(ModeParams):
     f_min_hz: float = Field(47.5, ge=40, le=70)
     f_max_hz: float = Field(52.0, ge=40, le=70)
     v_min_v: float = Field(195.5, ge=0, le=1000)
-    v_max_v: float = Field(253.0, ge=0, le=1000)
+    v_max_v: float = Field(264.5, ge=0, le=1000, description="1.15 pu: a fast over-voltage, not the 10-min mean")
     resync_s: float = Field(10.0, ge=0, le=3600, description="the grid must be healthy this long before leaving the island")
 
     @model_validator(mode="after")

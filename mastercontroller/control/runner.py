@@ -6,9 +6,12 @@ The same object runs on the leader (``service.py``) and in the day simulation
 Each cycle: parse the mode parameters of the replicated state (once per change; a state the
 mode cannot read, e.g. written by another version, falls back to ``passive`` and says why),
 start the mode bumplessly when the mode or its parameters changed or this node just became
-leader, step it, then narrow: a non-finite target is 0 W, the cluster limits cap it, each
-node's mode constraint (``node_limits``) can only lower that node's own limits, and
-``dispatch.py`` respects every node's limits exactly.
+leader, step it on the image with the cluster limits in it (so a loop's window is the real
+one), then narrow: a non-finite target is 0 W, the cluster limits cap it, each node's mode
+constraint (``node_limits``) can only lower that node's own limits, and ``dispatch.py``
+respects every node's limits exactly. A mode that raises is a bug: the cluster goes to
+``passive`` (0 W, the error logged once and in the note) and keeps dispatching, so every node
+still gets a fresh setpoint and nothing hangs on a stale one.
 
 With ``backup`` (the site can form its own grid), any mode hands the cluster over to the
 island behaviour of ``grid_forming`` when the grid is lost, and gets it back, restarted
@@ -43,6 +46,7 @@ class ModeRunner:
         self.dispatch_params = dispatch_params
         self.backup = backup
         self._island: grid_forming.Island | None = None  # a backup site islanded under another mode
+        self._failed: str | None = None  # why the mode that raised was replaced by passive (logged once)
         self._key: tuple | None = None   # (mode, params as given) the memory belongs to
         self._version: int | None = None  # the state version the key was last checked at
         self._mode = None
@@ -53,19 +57,31 @@ class ModeRunner:
     def reset(self) -> None:
         """Forget the mode's memory (e.g. this node lost the lease): the next step starts afresh."""
         self._key = self._version = None
-        self._dispatch = None
+        self._dispatch = self._island = None
 
     def step(self, state: ClusterState, image: ClusterImage) -> Step:
-        if state.version != self._version or self._key is None:  # parameters can only change with the version
-            self._version = state.version
-            key = (state.mode, repr(sorted(state.mode_params.items())))
-            if key != self._key:
-                self._enter(state, image)
-                self._key = key
-        result, name = self._island_step(image), grid_forming.NAME
-        if result is None:
-            result, name = self._mode.step(image, self._params, self._memory), self._mode.NAME
-            self._memory = result.memory
+        if state.limits is not None:
+            image = replace(image, limit_charge_w=state.limits["charge_w"], limit_discharge_w=state.limits["discharge_w"])
+        try:
+            if state.version != self._version or self._key is None:  # parameters change only with the version
+                self._version = state.version
+                key = (state.mode, repr(sorted(state.mode_params.items())))
+                if key != self._key:
+                    self._key = key  # set first: a mode whose start raises is not entered again every cycle
+                    self._enter(state, image)
+            result, name = self._island_step(image), grid_forming.NAME
+            if result is None:
+                result, name = self._mode.step(image, self._params, self._memory), self._mode.NAME
+                self._memory = result.memory
+        except Exception as exc:  # a bug in a mode: 0 W, keep dispatching, say it
+            name = getattr(self._mode, "NAME", state.mode)
+            if self._failed is None:
+                log.exception("cluster mode %s failed: passive, 0 W until the mode or its parameters change", name)
+            self._failed = f"mode {name} failed ({type(exc).__name__}: {exc}): 0 W"
+            self._mode, self._params, self._memory = MODES["passive"], MODES["passive"].Params(), None
+            result, name = ModeResult(0.0), "passive"
+        if self._failed is not None and name == "passive":
+            result = replace(result, note=self._failed)
         target = result.target_w
         if not isinstance(target, (int, float)) or not math.isfinite(target):
             log.error("mode %s returned a non-finite target %r: 0 W", name, target)
@@ -103,7 +119,7 @@ class ModeRunner:
         except (KeyError, ValueError) as exc:
             log.error("cluster mode %r cannot run (%s): passive, 0 W", state.mode, exc)
             mode, params = MODES["passive"], MODES["passive"].Params()
-        self._mode, self._params = mode, params
+        self._mode, self._params, self._island, self._failed = mode, params, None, None
         self._memory = mode.start(image, params)
         log.info("cluster mode %s (parameters %s), starting from %.0f W measured",
                  mode.NAME, params.model_dump(mode="json"), image.battery_w)

@@ -100,3 +100,9 @@ def test_every_mode_acts_and_survives_a_leader_kill(site):  # noqa: F811
         (before["mode"], before["mode_params"], before["version"])
     r = s.cli("cluster", "mode", "--show")
     assert r.returncode == 0 and "mode local" in r.stdout and '"heartbeat_s": 120.0' in r.stdout, r.stdout
+
+    # a mode change ends the local request: entering `local` again does not bring the old 3000 W back
+    r = s.cli("cluster", "mode", "local", "--set", "heartbeat_s=3600", timeout=15)
+    assert r.returncode == 0, r.stdout + r.stderr
+    wait_until(lambda: acting(s, "local", lambda s, c: _near(c["actual_w"], 0, 100) and c["request_w"] == 0),
+               ACT_S, 0.3, "local without a request: 0 W")

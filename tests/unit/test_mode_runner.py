@@ -101,3 +101,50 @@ def test_parameter_change_restarts_the_mode_bumplessly():
     step = runner.step(ClusterState(mode="self_consumption", mode_params={"grid_target_w": 0.0, "kp": 0.3}, version=1),
                        ClusterImage(1.0, WALL0 + 1, 1.0, nodes, grid_w=0.0, grid_t=1.0))
     assert step.target_w == pytest.approx(2500.0)  # from the measured 2.5 kW, not from zero
+
+
+def test_a_mode_that_raises_gives_0_w_and_dispatch_goes_on(monkeypatch, caplog):
+    from mastercontroller.control import self_consumption
+
+    def broken(image, params, memory):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(self_consumption, "step", broken)
+    runner = ModeRunner()
+    nodes = (NodeView("a", True, "run", 0.5, 10_000, 5000, 5000, 2500.0),)
+    for t in range(5):
+        step = runner.step(ClusterState(mode="self_consumption", version=1),
+                           ClusterImage(float(t), WALL0 + t, 1.0, nodes, grid_w=3000.0, grid_t=float(t)))
+        assert step.mode == "passive" and step.dispatch.setpoints == {"a": 0.0}
+        assert "mode self_consumption failed (ZeroDivisionError: bug)" in step.result.note
+    assert sum("failed" in r.message for r in caplog.records) == 1  # logged once, not every cycle
+
+
+def test_the_loop_window_is_the_cluster_limit_no_windup_against_it():
+    runner = ModeRunner()
+    nodes = (NodeView("a", True, "run", 0.5, 10_000, 10_000, 10_000, 2000.0),)
+    state = ClusterState(mode="self_consumption", limits={"charge_w": 10_000, "discharge_w": 2000}, version=1)
+    for t in range(100):  # 4 kW import the cluster may not cover: the loop sits on the 2 kW limit
+        step = runner.step(state, ClusterImage(float(t), WALL0 + t, 1.0, nodes, grid_w=4000.0, grid_t=float(t)))
+    assert step.target_w == 2000.0
+    # the import turns into export: the loop leaves the limit at once (nothing wound up behind it)
+    step = runner.step(state, ClusterImage(100.0, WALL0 + 100, 1.0, nodes, grid_w=-1000.0, grid_t=100.0))
+    assert step.target_w < 2000.0 - 100.0
+
+
+def test_a_meter_gap_or_another_clock_is_integrated_as_one_interval():
+    from mastercontroller.control import self_consumption as sc
+    from mastercontroller.control.base import ClusterImage as Image
+
+    p = sc.Params(kp=0.0, ki=0.1, deadband_w=0)
+    nodes = (NodeView("a", True, "run", 0.5, 10_000, 5000, 5000, 0.0),)
+    memory = sc.start(Image(0.0, WALL0, 1.0, nodes, grid_w=0.0, grid_t=0.0), p)
+    out = []
+    for t, grid_t in ((1, 1.0), (2, 2.0), (3, 3600.0), (4, -50.0)):  # a one-hour jump, then another node's clock
+        r = sc.step(Image(float(t), WALL0 + t, 1.0, nodes, grid_w=1000.0, grid_t=grid_t), p, memory)
+        memory = r.memory
+        out.append(r.target_w)
+    steps = [b - a for a, b in zip([0.0] + out, out)]
+    # 0.1 * 1000 W * one interval each time: 1 s, and 1 s for the one-hour gap (which moves the interval
+    # estimate to 2 s at most), then 2 s for the sample on another node's clock
+    assert steps == pytest.approx([100.0, 100.0, 100.0, 200.0]), steps
