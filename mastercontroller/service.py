@@ -53,7 +53,7 @@ from .control import parse_params
 from .control.base import ClusterImage
 from .control.runner import ModeRunner
 from .dataplane import DataPlane, Peer
-from .dispatch import Dispatch, DispatchParams, NodeView
+from .dispatch import DispatchParams, NodeView
 from .fence import TermFence
 from .membership import Membership
 from .messages import DispatchMessage, StatusMessage
@@ -85,7 +85,6 @@ class ClusterService:
         self._member_ids = {m.node_id for m in cluster.members}  # what the data plane and membership follow
         self.fence = TermFence(self.me)
         self.runner = ModeRunner(dispatch_params, backup=params.features.BACKUP)
-        self.last: Dispatch | None = None  # this node's last dispatch as leader
         self.heard: DispatchMessage | None = None  # the last dispatch this node executed
         self._seq = 0
         self._lease_since: float | None = None
@@ -163,7 +162,7 @@ class ClusterService:
         if lease_s <= 0:
             if self._lease_since is not None:
                 self.runner.reset()  # a later lease starts the mode afresh, from what is measured then
-            self.last = self._lease_since = None
+            self._lease_since = None
             return
         if self._lease_since is None:
             self._lease_since = now
@@ -171,7 +170,6 @@ class ClusterService:
         if now - self._lease_since < self.hold_s:
             return
         step = self.runner.step(state := self.consensus.state(), self.cluster_image(now, state))
-        self.last = step.dispatch
         self._seq += 1
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
                               decided_wall=self.node.clock.wall(), target_w=step.target_w,

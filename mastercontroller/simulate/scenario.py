@@ -53,24 +53,23 @@ def _default_nodes() -> list[NodeSpec]:
     return [NodeSpec(soc0=s) for s in (0.2, 0.5, 0.8)]
 
 
-class LoadProfile(_Strict):
+class _DayProfile(_Strict):
     w: list[Watts] = Field(..., description="24 hourly or 96 quarter-hourly values, W")
+
+    @field_validator("w")
+    @classmethod
+    def _day(cls, v):
+        return _day_values(v)
+
+
+class LoadProfile(_DayProfile):
     noise: float = Field(0.05, ge=0, le=1, description="seeded noise, relative amplitude (about 1 sigma)")
 
-    @field_validator("w")
-    @classmethod
-    def _day(cls, v):
-        return _day_values(v)
 
+class PvProfile(_DayProfile):
+    """``w``: clear sky x weather."""
 
-class PvProfile(_Strict):
-    w: list[Watts] = Field(..., description="24 hourly or 96 quarter-hourly values, W (clear sky x weather)")
     cloud: float = Field(0.0, ge=0, le=1, description="passing clouds: share of PV a cloud takes away (0: none)")
-
-    @field_validator("w")
-    @classmethod
-    def _day(cls, v):
-        return _day_values(v)
 
 
 class Prices(_Strict):

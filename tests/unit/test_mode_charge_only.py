@@ -1,7 +1,7 @@
 """charge_only: one row per cycle (params, nodes, wall -> target, note, node limits); validation; never discharge."""
 import math
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
