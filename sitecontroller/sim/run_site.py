@@ -190,8 +190,9 @@ def site_summary_line(statuses: dict[str, dict | None], plant: dict | None, clus
                 f"nodes {_w(plant['nodes_p_w'])} W)")
     parts = [site]
     if cluster is not None:
-        parts.append(f"leader {cluster['leader'] or 'none'} term {cluster['term']} target {cluster['target_w']:.0f} W "
-                     f"actual {cluster['actual_w']:.0f} W")
+        target = "n/a" if cluster.get("target_w") is None else f"{cluster['target_w']:.0f} W"
+        parts.append(f"leader {cluster['leader'] or 'none'} term {cluster['term']} mode {cluster.get('mode_running') or cluster['mode']} "
+                     f"target {target} actual {cluster['actual_w']:.0f} W")
     return " | ".join(parts + [node_summary(node_id, st) for node_id, st in statuses.items()])
 
 

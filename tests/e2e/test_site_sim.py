@@ -102,6 +102,10 @@ def test_a_node_without_meter_is_allowed_and_the_summary_names_every_node(tmp_pa
     line = site_summary_line({"node1": {"state": "run", "soc": 0.3, "p_w": 2000.0}, "node2": None},
                              {"grid_p_w": -1500.0, "load_w": 600.0, "pv_w": 100.0, "nodes_p_w": 2000.0})
     assert line == "site grid -1500 W (load 600 W, pv 100 W, nodes +2000 W) | node1 run 30.0% +2000 W | node2 down"
+    # a member that has not executed a dispatch yet has no target: the line says so (and does not fail)
+    line = site_summary_line({"node1": None}, None, {"leader": None, "term": 0, "mode": "passive", "mode_running": None,
+                                                    "target_w": None, "actual_w": 0.0})
+    assert line == "site: simulator not answering | leader none term 0 mode passive target n/a actual 0 W | node1 down"
 
 
 # --- scripts/run-sim --nodes 3, real processes (slow) --------------------------------------------
