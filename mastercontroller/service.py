@@ -158,6 +158,8 @@ class ClusterService:
         self.plane.publish(own)
         if self._term_window and now > self._term_window["until_mono"]:
             self._close_term()  # expired: the leader is gone or no longer dispatches to us
+        state = self.consensus.state()
+        self.runner.prepare(state)
         lease_s = self.consensus.lease_remaining()
         if lease_s <= 0:
             if self._lease_since is not None:
@@ -169,7 +171,7 @@ class ClusterService:
             log.info("leading the cluster (term %d): dispatching in %.2f s", self.consensus.term, self.hold_s)
         if now - self._lease_since < self.hold_s:
             return
-        step = self.runner.step(state := self.consensus.state(), self.cluster_image(now, state))
+        step = self.runner.step(state, self.cluster_image(now, state))
         self._seq += 1
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
                               decided_wall=self.node.clock.wall(), target_w=step.target_w,

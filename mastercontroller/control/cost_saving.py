@@ -18,6 +18,10 @@ slot and re-plans when the slot changes and the SOC has drifted from the plan by
 or left), when there is no plan for now, and, after a failed plan, at the next slot or one minute
 later. No prices left, no SOC or no plan: 0 W, and the note says why. Every node keeps
 ``soc_min``: at or below it, it may not discharge.
+
+The LP solver (scipy) is loaded on first use, in the background: until it is there the mode gives
+0 W ("loading the LP solver") and plans on the first cycle after. ``prepare()`` runs on every
+member while the cluster is in this mode, so a new leader finds it loaded.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ import numpy as np
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
 from .base import ClusterImage, ModeParams, ModeResult, reserve_limits
-from .plan import Plan, plan
+from .plan import Plan, plan, ready
 
 NAME = "cost_saving"
 RETRY_S = 60.0               # after a failed plan, try again at the next slot or after this long
@@ -99,6 +103,9 @@ def _t0(params: Params) -> float:
     return params.prices[0].start.timestamp()
 
 
+LOADING = "loading the LP solver"
+
+
 def _slot(params: Params, wall: float) -> int:
     return math.floor((wall - _t0(params)) / params.slot_s)
 
@@ -126,6 +133,8 @@ def _replan(image: ClusterImage, params: Params, index: int, end_soc: float | No
         return failed("no price slot left")
     if soc is None:
         return failed("no running node")
+    if not ready():  # the first plan on this node: the solver loads in the background, the cycle goes on
+        return failed(LOADING)
     durations = np.full(n - first, float(params.slot_s))
     if index >= 0:
         durations[0] = max(1e-3, _t0(params) + (index + 1) * params.slot_s - image.wall)
@@ -149,7 +158,8 @@ def _why_replan(image: ClusterImage, params: Params, memory, index: int) -> str:
     if not isinstance(memory, Memory):
         return "no plan"
     if memory.plan is None:
-        return "retry" if index != memory.slot or image.wall - memory.made_wall >= RETRY_S else ""
+        return "retry" if memory.reason == LOADING or index != memory.slot or \
+            image.wall - memory.made_wall >= RETRY_S else ""
     if not memory.first <= index < memory.first + len(memory.plan.battery_w):
         return "no plan for now"
     soc = image.soc
@@ -161,6 +171,11 @@ def _why_replan(image: ClusterImage, params: Params, memory, index: int) -> str:
     if abs(image.usable_wh - memory.made_usable_wh) > USABLE_CHANGE * max(memory.made_usable_wh, 1.0):
         return f"usable energy {image.usable_wh:.0f} Wh vs {memory.made_usable_wh:.0f} Wh planned"
     return ""
+
+
+def prepare() -> None:
+    """Every member, while the cluster runs this mode: load the LP solver in the background."""
+    ready()
 
 
 def start(image: ClusterImage, params: Params) -> Memory:

@@ -20,14 +20,43 @@ import and export at once, and the linear model would otherwise do both. ``Plan.
 computed from the prices as given on the net grid power.
 
 ``plan`` is the single formulation of this LP: ``simulate/ideal.py`` reuses it.
+
+scipy (its sparse matrices and HiGHS ``linprog``) is imported on first use: it costs ~60 MB of
+memory, which only a node that plans should pay. ``ready()`` lets a caller that must not wait
+(the leader's cycle) load it in the background and plan once it is there.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import sparse
-from scipy.optimize import linprog
+
+_solver: tuple | None = None          # (scipy.sparse, scipy.optimize.linprog) once imported
+_loading: threading.Thread | None = None
+_lock = threading.Lock()
+
+
+def _load() -> tuple:
+    global _solver
+    if _solver is None:
+        from scipy import sparse
+        from scipy.optimize import linprog
+
+        _solver = (sparse, linprog)
+    return _solver
+
+
+def ready() -> bool:
+    """Whether the LP solver is loaded; if not, start loading it in the background (once)."""
+    global _loading
+    if _solver is not None:
+        return True
+    with _lock:
+        if _loading is None:
+            _loading = threading.Thread(target=_load, name="lp-solver-import", daemon=True)
+            _loading.start()
+    return False
 
 CYCLE_PENALTY = 1e-6   # currency per kWh charged or discharged
 IPM_FROM_SLOTS = 400   # HiGHS's interior point (with crossover to a vertex) is ~5-10x faster on long horizons
@@ -109,6 +138,7 @@ def plan(prices, load_w, pv_w, slot_s, soc0: float, usable_wh: float, charge_w: 
         raise ValueError(f"soc_end_min {end:.3f} unreachable: at most {reachable / cap if cap else soc0:.3f} "
                          f"(soc {soc0:.3f}, soc_max {soc_max:.3f}, charge cap {ch * 1e3:.0f} W over {h.sum():.2f} h)")
 
+    sparse, linprog = _load()
     # variable blocks: c, d, g+, g-, e (n each)
     C, D, GP, GM, E = (np.arange(n) + k * n for k in range(5))
     w = h / h.mean()   # objective scaled to about one slot: keeps the tiny penalty above solver tolerances

@@ -54,6 +54,14 @@ class ModeRunner:
         self._memory = None
         self._dispatch: Dispatch | None = None
 
+    @staticmethod
+    def prepare(state: ClusterState) -> None:
+        """On every member, leader or not: let the replicated mode get ready to run (a mode's optional
+        ``prepare()``, e.g. loading a solver in the background), so that a new leader runs it at once."""
+        prepare = getattr(MODES.get(state.mode), "prepare", None)
+        if prepare is not None:
+            prepare()
+
     def reset(self) -> None:
         """Forget the mode's memory (e.g. this node lost the lease): the next step starts afresh."""
         self._key = self._version = None

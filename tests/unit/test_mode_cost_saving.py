@@ -5,9 +5,16 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from mastercontroller.control import cost_saving
+from mastercontroller.control import cost_saving, plan as planner
 from mastercontroller.control.base import ClusterImage
 from mastercontroller.dispatch import NodeView
+
+
+@pytest.fixture(autouse=True)
+def solver_loaded():
+    """The rows below plan at once; the loading itself has its own test."""
+    planner._load()
+
 
 DAY = datetime(2024, 6, 1, tzinfo=timezone.utc)
 T0 = DAY.timestamp()
@@ -170,3 +177,20 @@ def test_replan_keeps_the_end_soc_anchor_of_the_start():
     res = cost_saving.step(image(17.2, soc=0.95), params, mem)  # re-planned from 0.95, still ends >= 0.5
     assert "re-planned" in res.note and res.target_w == pytest.approx(800.0)
     assert res.memory.end_soc == 0.5 and res.memory.plan.soc[-1] >= 0.5 - 1e-9
+
+
+def test_the_first_plan_waits_for_the_solver_without_holding_up_the_cycle(monkeypatch):
+    """A node that has not loaded scipy yet: 0 W with the reason while it loads in the background,
+    then the plan on the next cycle it is there (not a minute later)."""
+    loaded = planner._solver
+    monkeypatch.setattr(planner, "_solver", None)
+    monkeypatch.setattr(planner, "_loading", None)
+    monkeypatch.setattr(planner, "_load", lambda: None)  # the background import never finishes by itself
+    img = image(0.5)
+    memory = cost_saving.start(img, PARAMS)
+    r = cost_saving.step(img, PARAMS, memory)
+    assert r.target_w == 0.0 and "loading the LP solver" in r.note
+    monkeypatch.setattr(planner, "_solver", loaded)  # loaded now
+    monkeypatch.setattr(planner, "_load", lambda: loaded)
+    r = cost_saving.step(image(0.5 + 1 / 3600), PARAMS, r.memory)
+    assert r.memory.plan is not None and "cost saving: slot" in r.note
