@@ -23,7 +23,6 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-
 from ..dispatch import Dispatch, DispatchParams, dispatch
 from ..state import ClusterState
 from . import MODES, grid_forming, parse_params
