@@ -3,7 +3,7 @@
 Nothing here models the controller: every control step runs the code the field runs —
 ``sitecontroller.control.decide.decide`` on each node (with its limiter and ramp) and one
 ``mastercontroller.control.runner.ModeRunner.step`` on the leader (the mode, the cluster limits,
-``dispatch.py``) — against ``sitecontroller.sim.plant.SitePlant`` (one load, one PV field, one grid,
+``dispatch.py``) — against ``sitecontroller.sim.site_plant.SitePlant`` (one load, one PV field, one grid,
 one battery and inverter per node), on a ``VirtualTimeLoop`` whose clock jumps from step to step,
 so a day runs as fast as the CPU allows. What is left out is the transport: readings are built
 from the plant directly (no CAN or Modbus), and statuses and dispatch are handed over in memory.
@@ -45,7 +45,8 @@ from sitecontroller import params as site_params
 from sitecontroller.control.decide import ControlInput, decide
 from sitecontroller.control.sources import CLUSTER, SetpointReading
 from sitecontroller.process_image import BmsReading, InverterReading, ProcessImage
-from sitecontroller.sim.plant import Battery, Grid, Inverter, Plant, SitePlant
+from sitecontroller.sim.plant import Battery, Grid, Inverter, Plant
+from sitecontroller.sim.site_plant import SitePlant
 from sitecontroller.vtime import VirtualClock, VirtualTimeLoop
 
 from ..control.base import ClusterImage

@@ -13,7 +13,7 @@ server (a simulated USB-CAN adapter on TCP) that any process can connect to.
 (`sitecontroller sim faults` lists them through the simulator's endpoint).
 
 Given several parameter files (one per node), it is a site of several nodes
-behind ONE grid connection point (`plant.SitePlant`): one load, one PV field,
+behind ONE grid connection point (`site_plant.SitePlant`): one load, one PV field,
 one grid and ONE meter (the first file's; every other file names the same
 meter or none), and per node its own battery, BMS and inverter on the ports of
 its file. The meter measures load - PV - the sum of every node's inverter power.
@@ -29,7 +29,8 @@ import re
 from ..drivers.inverter.config import InverterConfig
 from ..drivers.meter.config import MeterConfig
 from .knobs import BATTERY_KNOBS, GRID_KNOBS, INVERTER_PLANT_KNOBS, KnobError, KnobRegistry
-from .plant import Plant, SitePlant
+from .plant import Plant
+from .site_plant import SitePlant
 
 log = logging.getLogger("sitecontroller.sim")
 

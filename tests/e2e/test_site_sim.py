@@ -20,7 +20,7 @@ import pytest
 from sitecontroller.params import load, parse
 from sitecontroller.preflight import port_in_use
 from sitecontroller.sim.endpoint import SimUnreachable, sim_request
-from sitecontroller.sim.plant import SitePlant
+from sitecontroller.sim.site_plant import SitePlant
 from sitecontroller.sim.run_sim import SITE_TEMPLATES
 from sitecontroller.sim.run_site import default_socs, make_site_params, site_summary_line
 from sitecontroller.sim.site import check_site

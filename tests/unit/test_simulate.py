@@ -11,7 +11,8 @@ from mastercontroller.simulate.engine import simulate
 from mastercontroller.simulate.scenario import (ScenarioError, list_scenarios, load_scenario, parse_scenario,
                                                 scenario_names)
 from sitecontroller import cli
-from sitecontroller.sim.plant import Battery, Grid, Inverter, Load, Plant, SitePlant, Solar
+from sitecontroller.sim.plant import Battery, Grid, Inverter, Load, Plant, Solar
+from sitecontroller.sim.site_plant import SitePlant
 
 NODES = [{"soc0": s, "capacity_wh": 10000, "max_charge_w": 5000, "max_discharge_w": 5000, "rated_w": 5000}
          for s in (0.2, 0.5, 0.8)]
