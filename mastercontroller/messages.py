@@ -40,6 +40,7 @@ class StatusMessage(_Message):
     grid_w: float | None = None  # this node's site meter reading, + = import (None: no fresh reading)
     grid_t: float | None = None  # when that reading arrived, this node's monotonic s: one value per sample
     grid_v: float | None = None  # mean phase voltage at the meter
+    island: bool | None = None  # this node's inverter reports the grid lost (None: it does not say)
     errors: tuple[str, ...] = ()  # listed error ids
     term_seen: int = Field(0, ge=0)  # the highest dispatch term this node has seen
 
@@ -55,6 +56,7 @@ class DispatchMessage(_Message):
     decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
     mode: str = ""  # the mode that decided (``grid_forming`` while islanded) and why, for status
     note: str = Field("", max_length=300)
+    grid_forming: bool = False  # the grid is lost: inverters of nodes with backup hardware form it
 
 
 def decode(topic: bytes, payload: bytes) -> StatusMessage | DispatchMessage:

@@ -176,7 +176,7 @@ class ClusterService:
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
                               decided_wall=self.node.clock.wall(), target_w=step.target_w,
                               unplaced_w=step.dispatch.unplaced_w, setpoints=step.dispatch.setpoints,
-                              mode=step.mode, note=step.result.note[:300])
+                              mode=step.mode, note=step.result.note[:300], grid_forming=step.result.grid_forming)
         self.plane.publish(msg)
         self._on_dispatch(msg)  # a PUB does not deliver to itself
 
@@ -190,7 +190,8 @@ class ClusterService:
             now, self.node.clock.wall(), self.period_s, tuple(_node_view(v) for v in views),
             grid_w=None if meter is None else meter.grid_w, grid_t=None if meter is None else meter.grid_t,
             freq_hz=None if meter is None else meter.freq_hz, grid_v=None if meter is None else meter.grid_v,
-            request_w=state.target_w if state.target_wall is not None else None, request_wall=state.target_wall)
+            request_w=state.target_w if state.target_wall is not None else None, request_wall=state.target_wall,
+            island=any(v.online and v.status is not None and v.status.island for v in views))
 
     def own_status(self) -> StatusMessage:
         node, image, decision = self.node, self.node.image, self.node.decision
@@ -211,6 +212,7 @@ class ClusterService:
             grid_t=None if meter is None else meter.t,
             grid_v=sum(meter.phase_v) / len(meter.phase_v) if meter is not None and meter.phase_v else None,
             errors=tuple(e.id for e in node.errors.listed()), term_seen=self.fence.highest_term,
+            island=None if inv is None else inv.island,
         )
 
     # --- the data plane's callbacks (on the node's loop) -----------------------------------
@@ -223,7 +225,8 @@ class ClusterService:
         if p_w is None:
             return
         now = self.node.clock.monotonic()
-        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta={"decided_wall": msg.decided_wall},
+        meta = {"decided_wall": msg.decided_wall, "grid_forming": msg.grid_forming}
+        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta=meta,
                                        origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
         self.heard = msg
         self._note_term(msg, now)

@@ -112,7 +112,8 @@ class Node:
 
     def _write(self, decision: Decision) -> None:
         self.decision = decision
-        self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run))
+        self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run,
+                                                      grid_forming=decision.grid_forming))
         if decision.source is not None and self.image is not None:
             self.setpoint_age.observe(self.image.setpoints.get(decision.source), self.clock.wall())
         self.devices.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
@@ -137,7 +138,7 @@ class Node:
         if self.decision is not None:
             steps = (lambda: setattr(self, "decision", replace(
                 self.decision, setpoint_w=0.0, base_w=0.0, inverter_run=False, contactor_closed=False,
-                note=f"control cycle failed: {exc!r}")),) + steps
+                grid_forming=False, note=f"control cycle failed: {exc!r}")),) + steps
         for safe_step in steps:
             try:
                 safe_step()
@@ -160,7 +161,10 @@ class Node:
         commanded = None if prev is None else (prev.setpoint_w if prev.inverter_run else 0.0)
         # INV_WRITE_FAILED: the inverter family's issue for a refused or unconfirmed write
         write_failing = self.errors.is_active("INV_WRITE_FAILED")
-        self.errors.sync("follow", self.follow.check(now, image, commanded, write_failing))
+        forming = None  # the inverter forms the grid: it carries the load within the limiter's window
+        if prev is not None and prev.grid_forming and image.inverter is not None and image.inverter.island:
+            forming = (prev.limits.charge_w, prev.limits.discharge_w)
+        self.errors.sync("follow", self.follow.check(now, image, commanded, write_failing, forming))
 
     def _fault_if_critical(self) -> bool:
         blocker = self.errors.run_blocker()

@@ -72,6 +72,7 @@ class InverterReading:
     faults: frozenset[str] = frozenset()
     rated_w: float | None = None
     setpoint_p_w: float | None = None  # the setpoint the inverter reports back
+    island: bool | None = None  # the inverter reports the grid lost (it forms the grid or stands still); None: not reported
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,10 @@ One control step at virtual time t (seconds from the scenario's start), in this 
    commands; its status (SOC, usable energy, the decision's limits, actual power) is published;
 4. the leader builds the cluster image (``island`` while the grid is lost) and steps the runner
    (``backup`` as the scenario says); the dispatch reaches each node's inbox for the next step
-   (one step of latency, as in the field; valid for 3 steps); the runner's ``grid_forming`` and
-   the nodes' limits tell the plant who carries an island from the next step on (so the first
-   step of a loss is dark);
+   (one step of latency, as in the field; valid for 3 steps), with the runner's ``grid_forming``:
+   a node's decision passes it to its inverter (backup hardware only, as in the field), and the
+   nodes' limits are the windows the forming inverters carry an island within, from the next
+   step on (so the first steps of a loss are dark);
 5. the step is recorded (preallocated numpy arrays, one column per step).
 
 Each node runs with the example in-process node's parameters (``site_parameters/
@@ -82,8 +83,8 @@ class SimNode:
         self.setpoint_w = 0.0
         self.limits = (0.0, 0.0)   # (charge_w, discharge_w) of the last decision
 
-    def put(self, p_w: float, t: float) -> None:
-        self.inbox = SetpointReading(CLUSTER, p_w, t, t + self.valid_s)
+    def put(self, p_w: float, t: float, grid_forming: bool = False) -> None:
+        self.inbox = SetpointReading(CLUSTER, p_w, t, t + self.valid_s, meta={"grid_forming": grid_forming})
 
     def step(self, t: float, wall: float, dt_s: float, freq_hz: float) -> NodeView:
         b, inv = self.plant.battery, self.plant.inverter
@@ -92,13 +93,14 @@ class SimNode:
         bms = BmsReading(t, b.soc, b.soh, pack_v, b.pack_a, v_min, v_max, v_avg, t_min, t_max, charge_a,
                          discharge_a, b.contactor_closed, capacity_wh=b.capacity_wh)
         reading = InverterReading(t, inv.p_w, inv.q_var, freq_hz, running=inv.running, rated_w=inv.rated_w,
-                                  setpoint_p_w=inv.setpoint_p_w, state="running" if inv.running else "stopped")
+                                  setpoint_p_w=inv.setpoint_p_w, state="running" if inv.running else "stopped",
+                                  island=self.plant.grid.lost)
         inbox = self.inbox
         setpoints = {CLUSTER: inbox} if inbox is not None and t < inbox.valid_until else {}
         image = ProcessImage(t, wall, bms, reading, None, meter_configured=False, setpoints=setpoints)
         d = decide(ControlInput(image, "run", "cluster", None, self.base_w, dt_s, self.params, self.rated_w))
         self.base_w, self.setpoint_w = d.base_w, d.setpoint_w
-        inv.setpoint_p_w, inv.run_requested = d.setpoint_w, d.inverter_run
+        inv.setpoint_p_w, inv.run_requested, inv.grid_forming = d.setpoint_w, d.inverter_run, d.grid_forming
         b.contactor_closed, b.balancing, b.sleeping = d.contactor_closed, d.balancing, d.bms_sleep
         lim = d.limits
         self.limits = (lim.charge_w, lim.discharge_w)
@@ -231,9 +233,9 @@ class Engine:
         setpoints = step.dispatch.setpoints
         windows = {}
         for node in self.nodes:
-            node.put(setpoints[node.node_id], t)
+            node.put(setpoints[node.node_id], t, step.result.grid_forming)
             windows[node.node_id] = node.limits
-        site.grid_forming, site.windows = step.result.grid_forming, windows
+        site.windows = windows
         if k > 0:
             self._record(k - 1, t, step)
 

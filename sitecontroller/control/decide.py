@@ -12,7 +12,12 @@ Rules, first match wins, so safety is decided before anything else:
 6. power: the arbiter picks the source that owns the base setpoint; the base
    follower ramps toward it within the limiter's window; then each additive
    response (frequency response, …) adds its term, not ramp-limited, and the
-   sum is clamped to the window again after every term.
+   sum is clamped to the window again after every term. Only here may the
+   inverter be told to form the grid when the grid is lost: when the cluster's
+   dispatch owns the setpoint and asks for it, and this node's own parameters
+   say its hardware can (`features.BACKUP`: a transfer switch that isolates the
+   site first). So a critical error, a stop, stale data or a node without backup
+   hardware never forms a grid.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from typing import Protocol
 from .. import limits as limiter
 from ..process_image import ProcessImage
 from .arbiter import arbitrate
+from .sources import CLUSTER
 
 
 class Response(Protocol):
@@ -61,6 +67,7 @@ class Decision:
     base_w: float = 0.0  # the base follower's ramped value (the next cycle ramps from it)
     source: str | None = None  # the setpoint source that owns the base (None: none)
     terms: tuple[tuple[str, float], ...] = field(default=())  # additive responses that acted
+    grid_forming: bool = False  # the inverter may form the grid if the grid is lost (backup)
 
 
 def limits_for(image: ProcessImage, params, rated_w: float) -> limiter.PowerLimits:
@@ -126,4 +133,8 @@ def decide(inp: ControlInput) -> Decision:
         note = f"following {source}"
     if stopping:
         note = f"stopping: {note}"
-    return Decision(total, True, True, note=note, base_w=base, source=source, terms=tuple(terms), **flags)
+    forming = bool(source == CLUSTER and params.features.BACKUP and image.setpoints[source].meta.get("grid_forming"))
+    if forming:
+        note = f"{note}; grid forming allowed (backup)"
+    return Decision(total, True, True, note=note, base_w=base, source=source, terms=tuple(terms),
+                    grid_forming=forming, **flags)

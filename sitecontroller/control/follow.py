@@ -25,6 +25,12 @@ long (`write_failing`: the inverter refuses every setpoint). A measure that
 stays more than the tolerance short of the commands for that long is the
 warning `INV_UNDERDELIVERING`. The timers reset as soon as all is back in range.
 
+An inverter that forms the grid (backup, the grid lost) carries the site's load,
+not its setpoint: while it does (`forming` = the limiter's charge/discharge window),
+the commands it is compared with are that whole window, so it may carry anything
+inside it and nothing outside; there is no under-delivery then. The window stays
+among the recent commands for `lag_s`, while it resynchronises to the setpoint.
+
 Stateful only in its timers and its window of recent commands; `now` is passed
 in, so it is pure in time.
 """
@@ -53,13 +59,16 @@ class FollowMonitor:
         self._recent.clear()
 
     def check(self, now: float, image: ProcessImage, commanded_w: float | None,
-              write_failing: bool = False) -> dict[str, str]:
+              write_failing: bool = False, forming: tuple[float, float] | None = None) -> dict[str, str]:
         """Errors present (code -> text). `commanded_w`: what the inverter was told last
-        cycle (0 W when it was told to stop); None before the first command."""
+        cycle (0 W when it was told to stop); None before the first command. `forming`:
+        (charge_w, discharge_w) while the inverter forms the grid."""
         if commanded_w is None:
             self.reset()
             return {}
         self._recent.append((now, commanded_w))
+        if forming is not None:
+            self._recent.extend(((now, -forming[0]), (now, forming[1])))
         while now - self._recent[0][0] > self.lag_s:
             self._recent.popleft()
         low = min(c for _, c in self._recent)
@@ -74,7 +83,7 @@ class FollowMonitor:
         tol = self.tolerance_w + self.tolerance_frac * max(abs(low), abs(high))
         lo, hi = min(0.0, low) - tol, max(0.0, high) + tol
         over = {k: v for k, v in measures.items() if not lo <= v <= hi}
-        under = {} if over else {k: v for k, v in measures.items()
+        under = {} if over or forming else {k: v for k, v in measures.items()
                                  if k != "read-back" and not low - tol <= v <= high + tol}
         self._over_since = _since(self._over_since, now, bool(over))
         self._under_since = _since(self._under_since, now, bool(under))

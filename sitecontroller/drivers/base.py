@@ -45,6 +45,7 @@ class InverterCommand:
     p_w: float  # active power setpoint, positive = discharge
     q_var: float = 0.0
     run: bool = True
+    grid_forming: bool = False  # backup: form the grid when it is lost (the node's BACKUP hardware only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ class BmsDriver(Driver[BmsReading]):
 
 class InverterDriver(Driver[InverterReading]):
     kind = "inverter"
+    can_form_grid: bool = False  # it can be told to form the grid when the grid is lost (backup)
 
     @abc.abstractmethod
     def command(self, cmd: InverterCommand) -> None:

@@ -52,6 +52,9 @@ def make_devices(params, clock, plant=None) -> Devices:
     else:
         from .inverter import make_inverter
         inverter = make_inverter(cfg.inverter, clock, soc_window=(params.safety.soc_reserve, params.safety.soc_max))
+    if params.features.BACKUP and not inverter.can_form_grid:
+        raise ValueError(f"features.BACKUP: inverter model {cfg.inverter.model!r} cannot be told to form the grid "
+                         "(its profile has no 'grid_forming' control write); set BACKUP false or use a model that can")
 
     meter = None
     if cfg.meter is not None:

@@ -54,6 +54,8 @@ class InprocBms(_InprocDriver, BmsDriver):
 
 
 class InprocInverter(_InprocDriver, InverterDriver):
+    can_form_grid = True  # the plant models grid forming (sim/site_plant.py)
+
     def _read(self, t: float) -> InverterReading:
         inv, plant = self.plant.inverter, self.plant
         return InverterReading(
@@ -62,6 +64,7 @@ class InprocInverter(_InprocDriver, InverterDriver):
             dc_v=plant.battery.pack_v, temp_c=inv.temp_c, running=inv.running,
             state="fault" if inv.tripped else ("running" if inv.running else "stopped"),
             faults=frozenset(inv.faults), rated_w=inv.rated_w, setpoint_p_w=inv.setpoint_p_w,
+            island=plant.grid.lost,
         )
 
     def issues(self) -> list[DeviceIssue]:
@@ -73,6 +76,7 @@ class InprocInverter(_InprocDriver, InverterDriver):
             return
         inv = self.plant.inverter
         inv.setpoint_p_w, inv.setpoint_q_var, inv.run_requested = cmd.p_w, cmd.q_var, cmd.run
+        inv.grid_forming = cmd.run and cmd.grid_forming
 
 
 class InprocMeter(_InprocDriver, MeterDriver):

@@ -83,6 +83,7 @@ def inverter_quantities(plant) -> dict:
         "state": state,
         "faults": frozenset(inv.faults),
         "bat_state": "connected" if bat.contactor_closed else "disconnected",
+        "island": 1 if plant.grid.lost else 0,
         "revert_remaining_s": 0,
     }
 
@@ -194,6 +195,7 @@ class SimModbusInverter:
         inv.setpoint_p_w = sp.p_w
         inv.setpoint_q_var = sp.q_var
         inv.run_requested = sp.run
+        inv.grid_forming = sp.grid_forming
         self.applied += 1
         now = self._now()
         self._last_write = self.last_write_t = now

@@ -41,6 +41,11 @@ BATTERY_KNOBS = {
 GRID_KNOBS = {
     "freq_offset_hz": "added to the grid frequency every meter and inverter measures (a frequency event)",
 }
+SITE_GRID_KNOBS = {  # a site of several nodes models a grid loss (sim/site_plant.py)
+    **GRID_KNOBS,
+    "lost": "the grid at the connection point is gone (a blackout): the meter reads 0 W, inverters report "
+            "islanded operation and those told to form the grid carry the site; false: the grid is back",
+}
 INVERTER_PLANT_KNOBS = {
     "tripped": ("plant.inverter.trip()/plant.inverter.reset()",
                 "the inverter trips (stops at once, reports GRID_FAULT); false resets it"),

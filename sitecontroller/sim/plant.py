@@ -180,6 +180,7 @@ class Inverter:
     setpoint_p_w: float = 0.0
     setpoint_q_var: float = 0.0
     run_requested: bool = False
+    grid_forming: bool = False  # allowed to form the grid when it is lost (backup; see SitePlant)
     p_w: float = 0.0  # AC side, positive = discharge
     q_var: float = 0.0
     temp_c: float = 30.0

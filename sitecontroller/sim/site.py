@@ -28,7 +28,7 @@ import re
 
 from ..drivers.inverter.config import InverterConfig
 from ..drivers.meter.config import MeterConfig
-from .knobs import BATTERY_KNOBS, GRID_KNOBS, INVERTER_PLANT_KNOBS, KnobError, KnobRegistry
+from .knobs import BATTERY_KNOBS, GRID_KNOBS, INVERTER_PLANT_KNOBS, SITE_GRID_KNOBS, KnobError, KnobRegistry
 from .plant import Plant
 from .site_plant import SitePlant
 
@@ -268,7 +268,7 @@ class SimulatedSite:
             self.sims["meter"] = meter = make_meter(self.site_plant, meter_params.devices.meter)
             self._serve.append(("meter", meter_params, "meter", meter))
             shared.add("meter", meter)
-        shared.add("grid", self.site_plant.grid, GRID_KNOBS)
+        shared.add("grid", self.site_plant.grid, SITE_GRID_KNOBS)
         self.knobs = SiteKnobs(registries, shared)
 
     @property

@@ -21,8 +21,9 @@ class SitePlant:
     `phase_v`, `meter_stopped`), so the one site meter is served from it.
 
     Grid loss (`grid.lost`): the meter reads 0 W, and each step either the inverters form the grid
-    (`grid_forming`, set by the cluster's controller) and carry the site within their `windows`,
-    or the site is dark; `unserved_w` and `curtailed_w` report what could not be balanced.
+    and carry the site within their `windows` — the inverters their nodes told to
+    (`Inverter.grid_forming`) — or the site is dark; `unserved_w` and `curtailed_w` report
+    what could not be balanced.
     """
 
     def __init__(self, grid: Grid, solar: Solar, load: Load, seed: int = 1, wall_s: float = 0.0, phases: int = 3):
@@ -33,7 +34,6 @@ class SitePlant:
         self.meter_stopped = False
         self.nodes: dict[str, Plant] = {}
         # grid loss (`grid.lost`): set by whoever controls the cluster, read each step
-        self.grid_forming = False  # the inverters form the grid (backup) while it is lost
         self.windows: dict[str, tuple[float, float]] = {}  # node id -> (charge_w, discharge_w) it may carry
         # results of the last step during a loss, W
         self.unserved_w = 0.0  # load nobody supplied
@@ -68,12 +68,14 @@ class SitePlant:
             node.step_node(dt_s)
 
     def _island(self, dt_s: float) -> None:
-        """The grid is lost. Grid forming: the inverters carry load - PV, shared in proportion to
-        their windows in that direction (`windows`, default their rating; an inverter that does not
-        run carries nothing); load above what they can give is unserved, PV above what they can take
-        is curtailed. Not grid forming: a blackout, every inverter at 0 W, all load unserved."""
+        """The grid is lost. The forming inverters carry load - PV, shared in proportion to their
+        windows in that direction (`windows`, default their rating, within the battery's own
+        limits; an inverter that does not run or does not form the grid carries nothing); load
+        above what they can give is unserved, PV above what they can take is curtailed. No
+        inverter forms the grid: a blackout, every inverter at 0 W, all load unserved."""
         load, pv = self.load_w, self.pv_w
-        if not self.grid_forming:
+        forming = {node_id for node_id, node in self.nodes.items() if node.inverter.grid_forming}
+        if not forming:
             self.unserved_w, self.curtailed_w = load, pv
             for node in self.nodes.values():
                 node.battery.step(node.inverter.carry(0.0, dt_s), dt_s)
@@ -83,11 +85,12 @@ class SitePlant:
         for node_id, node in self.nodes.items():
             c, d = self.windows.get(node_id, (node.inverter.rated_w, node.inverter.rated_w))
             b = node.battery
-            able = node.inverter.running and b.contactor_closed and not b.sleeping
+            able = node_id in forming and node.inverter.running and b.contactor_closed and not b.sleeping
             if not able or (net > 0 and b.soc <= 0.0) or (net < 0 and b.soc >= 1.0):
                 c = d = 0.0
-            rated = node.inverter.rated_w
-            caps[node_id] = max(0.0, min(rated, d if net >= 0 else c))
+            bms_c, bms_d = (a * b.nominal_v for a in b.limits_a())
+            cap = min(node.inverter.rated_w, d, bms_d) if net >= 0 else min(node.inverter.rated_w, c, bms_c)
+            caps[node_id] = max(0.0, cap)
         total = sum(caps.values())
         done = min(abs(net), total)
         self.unserved_w = max(0.0, net - done) if net >= 0 else 0.0

@@ -106,6 +106,23 @@ async def test_setpoints_reach_the_plant_and_read_back(model):
         assert r.drv.stats()["writes"] >= 2 and r.drv.stats()["write_failures"] == 0
 
 
+@pytest.mark.parametrize("model", MODELS)
+async def test_grid_forming_is_written_where_the_profile_can_and_island_is_reported(model):
+    """Backup over the protocol: a model that can form the grid gets the enable with the
+    command (never with a stop) and reports a lost grid; the others say they cannot."""
+    async with rig(model) as r:
+        await first_reading(r)
+        inv, can = r.plant.inverter, model == "sunspec_backup"
+        assert r.drv.can_form_grid is can
+        r.drv.command(InverterCommand(p_w=500.0, run=True, grid_forming=True))
+        await async_wait_until(lambda: inv.run_requested and inv.setpoint_p_w > 490, what="run")
+        assert inv.grid_forming is can
+        r.plant.grid.lost = True
+        await async_wait_until(lambda: r.drv.latest().island is (True if can else None), what="island reported")
+        r.drv.command(InverterCommand(p_w=500.0, run=False, grid_forming=True))  # a stop never forms a grid
+        await async_wait_until(lambda: not inv.run_requested, what="stop")
+        assert inv.grid_forming is False and r.codes() == set()
+
 
 @pytest.mark.parametrize("model", MODELS)
 async def test_run_and_stop(model):
@@ -388,3 +405,18 @@ async def test_flush_gives_up_at_its_timeout_when_the_device_does_not_take_the_w
         t0 = RealClock().monotonic()
         assert not await r.drv.flush(0.3)
         assert RealClock().monotonic() - t0 < 0.6
+
+
+def test_backup_needs_an_inverter_that_can_form_the_grid():
+    import json
+    from pathlib import Path
+
+    from sitecontroller import params as site_params
+    from sitecontroller.drivers.factory import make_devices
+
+    data = json.loads((Path(__file__).parents[2] / "site_parameters" / "sim_node1.json").read_text())
+    data["features"]["BACKUP"] = True
+    with pytest.raises(ValueError, match=r"features.BACKUP: inverter model 'sunspec' cannot be told to form the grid"):
+        make_devices(site_params.parse(data), RealClock())
+    data["devices"]["inverter"]["model"] = "sunspec_backup"
+    assert make_devices(site_params.parse(data), RealClock()).inverter.can_form_grid

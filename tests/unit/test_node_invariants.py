@@ -12,19 +12,24 @@ Invariants, each checked on every cycle of every sequence:
       set_power: its source owns the setpoint exactly when the ack says it is applied) —
       checked for the last command of each cycle, since an earlier one may rightly be
       undone by a later one in the same cycle;
-  I5  an orderly stop never closes contactors that were open (a restart from `error`).
+  I5  an orderly stop never closes contactors that were open (a restart from `error`);
+  I6  the inverter is told to form the grid only by a node whose own parameters say it has
+      backup hardware (`features.BACKUP`), on the cluster's dispatch asking for it, while
+      the inverter runs with the contactors closed, no critical error is listed and no
+      orderly stop runs; what the inverter was told is what the decision says.
 """
 import random
 from collections import deque
 
 import pytest
+import zmq
 
 from sitecontroller.drivers.base import DeviceIssue
 from tests.unit.test_node import Rig
 
 SEEDS = range(28)  # seed 27 restarts from error with only INV_STALE latched (I5)
 CYCLES = 250
-FAULTS = ["cell_ov", "overtemp", "bms_silent", "inverter_silent", "inverter_trip", "ignores_writes"]
+FAULTS = ["cell_ov", "overtemp", "bms_silent", "inverter_silent", "inverter_trip", "ignores_writes", "grid_lost"]
 ERROR_CODES = ["ESTOP", "CELL_OVERVOLTAGE", "CELL_OVERTEMP", "BMS_STALE", "INV_NOT_FOLLOWING", "all"]
 
 
@@ -64,6 +69,8 @@ class FaultyRig(Rig):
             inv.trip("GRID_FAULT") if on else inv.reset()
         elif name == "ignores_writes":
             self.ignores_writes = on
+        elif name == "grid_lost":  # the inverter reports islanded operation (the follow check's window)
+            self.plant.grid.lost = on
 
 
 def random_command(rng):
@@ -90,6 +97,11 @@ def check_cycle(rig, acks, where, prev=None):
     if node.states.state not in ("run", "restart", "reboot"):
         assert d.setpoint_w == 0.0, (where, node.states.state, d)
     assert -d.limits.charge_w - 1e-6 <= d.setpoint_w <= d.limits.discharge_w + 1e-6, (where, d)
+    if d.grid_forming:
+        assert node.params.features.BACKUP and d.source == "cluster", (where, d)
+        assert d.inverter_run and d.contactor_closed and not critical and node.stop.phase is None, (where, d)
+    if not (getattr(rig, "ignores_writes", False) or rig.devices.inverter.silent):  # the command got there
+        assert rig.plant.inverter.grid_forming == d.grid_forming, (where, d)
     for raw, ack in acks[-1:]:  # a later command of the same cycle may rightly undo an earlier one
         if ack.status != "done":
             continue
@@ -120,18 +132,36 @@ def finish_stop(rig, where):
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_invariants_hold_over_random_commands_and_faults(make_params, seed):
+    run_random(make_params(), seed)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_invariants_hold_in_a_cluster_that_asks_for_grid_forming(make_params, seed):
+    """The node steered by random dispatches (some asking for grid forming, some missing), with
+    or without backup hardware, through the same random commands and faults (I6 above all)."""
+    me = {"node_id": "node1", "raft": "127.0.0.1:1", "data": "127.0.0.1:2", "public_key": zmq.curve_keypair()[0].decode()}
+    params = make_params(features={"CLUSTER": True, "BACKUP": seed % 3 != 0}, cluster={"members": [me]})
+    run_random(params, seed, dispatch=True)
+
+
+def run_random(params, seed, dispatch=False):
     rng = random.Random(seed)
-    params = make_params()
     rig = FaultyRig(params)
     active = set()
     for cycle in range(CYCLES):
         where = f"seed {seed} cycle {cycle}"
-        if rng.random() < 0.04:
+        if dispatch and rng.random() < 0.7:
+            rig.node.sources["cluster"].put(rng.choice([-4000, -1000, 0, 1500, 4000]), rig.clock.monotonic(),
+                                            valid_s=0.3, meta={"grid_forming": rng.random() < 0.5})
+        if rng.random() < (0.01 if dispatch else 0.04):  # dispatch: mostly running, to see it form the grid
             name = rng.choice(FAULTS)
             on = name not in active
             rig.fault(name, on)
             (active.add if on else active.discard)(name)
-        submitted = [rng.random() < 0.15 and random_command(rng) for _ in range(rng.choice([1, 1, 2]))]
+        submitted = [rng.random() < (0.05 if dispatch else 0.15) and random_command(rng)
+                     for _ in range(rng.choice([1, 1, 2]))]
+        if dispatch and cycle % 25 == 24:  # an operator releases the e-stop and acknowledges: back to run
+            submitted += [{"type": "estop", "engaged": False}, {"type": "ack_error", "code": "all"}]
         submitted = [(raw, rig.node.commands.submit(raw).id) for raw in submitted if raw]
         prev = rig.node.decision
         rig.run(rig.period)

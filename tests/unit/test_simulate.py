@@ -173,12 +173,13 @@ def test_a_grid_loss_with_backup_is_carried_and_without_it_is_a_blackout():
     t = with_backup["t_s"]
     lost = (t > 2400) & (t <= 3000)  # the steps that end inside the loss
     assert np.array_equal(with_backup["island"] == 1, lost) and np.all(with_backup["grid_w"][lost] == 0.0)
-    # the leader sees the loss at the end of its first step and orders grid forming for the next:
-    # one step (1 s) of the loss is unserved, then the nodes carry the whole load
-    first = np.flatnonzero(lost)[0]
+    # the leader sees the loss at the end of its first step and orders grid forming; the nodes
+    # pass it to their inverters in their next decision: two steps (2 s) of the loss are dark,
+    # then the nodes carry the whole load
+    dark = np.flatnonzero(lost)[:2]
     carried = lost.copy()
-    carried[first] = False
-    assert with_backup["unserved_w"][first] == pytest.approx(with_backup["load_w"][first])
+    carried[dark] = False
+    assert with_backup["unserved_w"][dark] == pytest.approx(with_backup["load_w"][dark])
     assert np.all(with_backup["grid_forming"][lost] == 1) and np.all(with_backup["unserved_w"][carried] == 0.0)
     assert np.allclose(with_backup["p_w"][:, carried].sum(axis=0), with_backup["load_w"][carried])
     assert with_backup["grid_forming"][~lost].sum() <= 10 + 1  # the grid is back: resync, then the mode resumes
@@ -232,7 +233,9 @@ def test_site_island_shares_the_load_by_window_and_curtails_surplus_pv():
         node.inverter.run_requested = True
         node.grid, node.solar, node.load, node.site = site.grid, site.solar, site.load, site
         site.nodes[f"n{i}"] = node
-    site.grid.lost, site.grid_forming = True, True
+    site.grid.lost = True
+    for node in site.nodes.values():
+        node.inverter.grid_forming = True
     site.windows = {"n0": (1000.0, 1000.0), "n1": (3000.0, 500.0)}
     site.load.power_w = lambda wall: 3000.0
     site.step(1.0, 1.0)
@@ -242,8 +245,12 @@ def test_site_island_shares_the_load_by_window_and_curtails_surplus_pv():
     site.step(1.0, 2.0)
     assert [n.inverter.p_w for n in site.nodes.values()] == pytest.approx([-750.0, -2250.0])
     assert site.unserved_w == 0.0 and site.curtailed_w == 0.0
-    site.grid_forming = False
+    site.solar.power_w = lambda wall: 0.0
+    site.nodes["n0"].inverter.grid_forming = False  # only n1 forms the grid: it carries what it can alone
     site.step(1.0, 3.0)
+    assert [n.inverter.p_w for n in site.nodes.values()] == pytest.approx([0.0, 500.0]) and site.unserved_w == 2500.0
+    site.nodes["n1"].inverter.grid_forming = False
+    site.step(1.0, 4.0)
     assert [n.inverter.p_w for n in site.nodes.values()] == [0.0, 0.0] and site.unserved_w == 3000.0
 
 

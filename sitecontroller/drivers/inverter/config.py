@@ -9,10 +9,11 @@ from ..connection import DeviceConnection
 
 
 class InverterConfig(DeviceConnection):
-    MODBUS_MODELS = ("abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec")
+    MODBUS_MODELS = ("abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec", "sunspec_backup")
     HTTP_MODELS = ("indevolt",)
 
-    model: Literal["inproc", "abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec", "indevolt"]
+    model: Literal["inproc", "abb_esi", "abb_pqstorl", "luxpowertek", "trumpf_ac3025", "sunspec", "sunspec_backup",
+                   "indevolt"]
     rated_w: float = Field(..., gt=0, le=10_000_000, description="inverter AC rating")
     poll_s: float = Field(0.2, ge=0.02, le=10)
     comm_lost_s: float = Field(

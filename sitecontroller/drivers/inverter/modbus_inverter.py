@@ -99,6 +99,7 @@ class ModbusInverter(PollingDriver, InverterDriver):
         self.device = ModbusDevice(self.profile, self.client)
         self._names = self.profile.poll_points()
         self._control = self.profile.control_points()
+        self.can_form_grid = any(w.source == "grid_forming" for w in self.profile.writes)
         self._latest: InverterReading | None = None
         self._values: dict = {}
         self._written: dict | None = None  # the last target the device acknowledged
@@ -208,6 +209,7 @@ class ModbusInverter(PollingDriver, InverterDriver):
             faults=frozenset(faults),
             rated_w=self.config.rated_w,
             setpoint_p_w=setpoint,
+            island=None if r.get("island") is None else bool(r["island"]),
         )
 
     def _ref_w(self, values: dict) -> float | None:
@@ -224,7 +226,8 @@ class ModbusInverter(PollingDriver, InverterDriver):
         if not ref:
             self._write_failed(f"the power reference {self.profile.ref_w!r} is not available; setpoint not written")
             return None
-        return encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat, self.failsafe)
+        return encode_command(self.profile, cmd.p_w, cmd.q_var, cmd.run, ref, heartbeat, self.failsafe,
+                              cmd.grid_forming)
 
     async def _write(self, cmd: InverterCommand, due: bool) -> bool:
         """Write the control points when the command changed (at once), after a failure or a

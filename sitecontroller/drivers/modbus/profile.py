@@ -19,7 +19,7 @@ ACCESS = ("r", "rw", "w")
 SOURCES = (
     "p_w", "p_pct", "discharge_w", "charge_w", "discharge_pct", "charge_pct", "discharge_on",
     "charge_on", "window_out_pct", "window_in_pct", "q_var", "q_pct", "run", "stop", "heartbeat",
-    "p_enable", "revert_s", "discharge_limit_pct", "charge_limit_pct", "soc_low_pct", "soc_high_pct",
+    "p_enable", "revert_s", "discharge_limit_pct", "charge_limit_pct", "soc_low_pct", "soc_high_pct", "grid_forming",
 )
 FAILSAFES = ("revert", "heartbeat", "none")
 POINT_KEYS = {
@@ -228,9 +228,13 @@ def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`: tables merge, other values replace; `append_KEY = [...]` adds to
+    the base's list `KEY` (an extension adds a model or a control write without restating the rest)."""
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if k.startswith("append_") and isinstance(v, list):
+            out[k[len("append_"):]] = list(out.get(k[len("append_"):], [])) + v
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v

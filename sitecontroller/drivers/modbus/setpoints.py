@@ -18,6 +18,7 @@ class Setpoint:
     p_w: float
     q_var: float
     run: bool
+    grid_forming: bool = False
 
 
 def _pct(x: float, ref_w: float) -> float:
@@ -34,7 +35,7 @@ class Failsafe:
 
 
 def source_value(source: str, p_w: float, q_var: float, run: bool, ref_w: float, heartbeat: int = 1,
-                 failsafe: Failsafe = Failsafe()) -> float:
+                 failsafe: Failsafe = Failsafe(), grid_forming: bool = False) -> float:
     if source == "p_enable":
         return 1
     if source == "revert_s":
@@ -77,14 +78,16 @@ def source_value(source: str, p_w: float, q_var: float, run: bool, ref_w: float,
         return 0 if run else 1
     if source == "heartbeat":
         return heartbeat
+    if source == "grid_forming":
+        return 1 if run and grid_forming else 0
     raise ValueError(f"unknown control source {source!r}")
 
 
 def encode_command(profile: Profile, p_w: float, q_var: float, run: bool, ref_w: float,
-                   heartbeat: int = 1, failsafe: Failsafe | None = None) -> dict[str, float]:
+                   heartbeat: int = 1, failsafe: Failsafe | None = None, grid_forming: bool = False) -> dict[str, float]:
     """Engineering values of the control points, in the profile's write order.
 
-    A stopped command writes 0 W / 0 var. Values are clamped into each point's
+    A stopped command writes 0 W / 0 var and never asks for grid forming. Values are clamped into each point's
     [min, max] (narrowing only: the limits layer already bounds the setpoint)."""
     if not run:
         p_w, q_var = 0.0, 0.0
@@ -92,7 +95,8 @@ def encode_command(profile: Profile, p_w: float, q_var: float, run: bool, ref_w:
         failsafe = Failsafe(revert_s=profile.failsafe_s)
     out: dict[str, float] = {}
     for w in profile.writes:
-        v = w.value if w.source is None else source_value(w.source, p_w, q_var, run, ref_w, heartbeat, failsafe)
+        v = w.value if w.source is None else source_value(w.source, p_w, q_var, run, ref_w, heartbeat, failsafe,
+                                                          grid_forming)
         p = profile.point(w.point)
         if p.min is not None:
             v = max(p.min, v)
@@ -135,4 +139,4 @@ def decode_command(profile: Profile, values: dict, ref_w: float) -> Setpoint | N
     else:
         return None
     q = s("q_var", s("q_pct", 0.0) * ref_w / 100.0)
-    return Setpoint(p_w=p, q_var=q, run=run)
+    return Setpoint(p_w=p, q_var=q, run=run, grid_forming=run and s("grid_forming", 0.0) != 0)
