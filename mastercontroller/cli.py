@@ -1,4 +1,4 @@
-"""`sitecontroller cluster keygen|status|mode|setpoint|add|remove`: the operator's view of the cluster."""
+"""`sitecontroller cluster keygen|status|mode|setpoint|backup-test|add|remove`: the operator's view of the cluster."""
 from __future__ import annotations
 
 import argparse
@@ -183,6 +183,16 @@ def add_cluster_parser(sub, talk) -> None:
     p.add_argument("--w", type=_watts, required=True, metavar="W", help="watts for the whole cluster, e.g. 6000 or -4000")
     p.add_argument("--hold", type=float, default=600.0, metavar="S",
                    help="how long the request holds without being sent again, 1..3600 s (default 600)")
+    from .backup_test import cmd_backup_test
+
+    p = talk("backup-test", "a blackout on purpose: open the simulated site's grid for --seconds, check that the "
+             "inverters form the grid and carry the load, close it and check that the mode resumes "
+             "(a simulated site: scripts/run-sim --nodes N --backup; no real grid relay driver yet)",
+             cmd_backup_test, csub)
+    p.add_argument("--seconds", type=float, default=30.0, metavar="S", help="how long the grid stays open (default 30)")
+    p.add_argument("--sim-endpoint", metavar="URL", help="the site simulator's endpoint (default: from the site index "
+                   "run-sim writes)")
+    p.add_argument("--json", action="store_true", help="one JSON object with the figures and 'passed'")
     p = talk("add", "add a running node to the cluster (Raft membership change, through any member); start the new "
              "node first with every member, itself too, in its cluster.members", cmd_add, csub)
     p.add_argument("--member-params", metavar="FILE",

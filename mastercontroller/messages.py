@@ -56,7 +56,7 @@ class DispatchMessage(_Message):
     decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
     mode: str = ""  # the mode that decided (``grid_forming`` while islanded) and why, for status
     note: str = Field("", max_length=300)
-    grid_forming: bool = False  # the grid is lost: inverters of nodes with backup hardware form it
+    grid_forming: bool = False  # the leader runs the cluster as an island (the grid is lost), for status
 
 
 def decode(topic: bytes, payload: bytes) -> StatusMessage | DispatchMessage:

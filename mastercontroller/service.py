@@ -225,8 +225,7 @@ class ClusterService:
         if p_w is None:
             return
         now = self.node.clock.monotonic()
-        meta = {"decided_wall": msg.decided_wall, "grid_forming": msg.grid_forming}
-        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta=meta,
+        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta={"decided_wall": msg.decided_wall},
                                        origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
         self.heard = msg
         self._note_term(msg, now)
@@ -330,12 +329,14 @@ class ClusterService:
                 "state": s.state if s else None, "soc": s.soc if s else None, "p_w": s.p_w if s else None,
                 "setpoint_w": s.setpoint_w if s else None,
                 "limits": {"charge_w": s.charge_w, "discharge_w": s.discharge_w} if s else None,
+                "island": s.island if s else None,
             })
         actual = sum(m["p_w"] for m in members if m["online"] and m["p_w"] is not None)
         return {
             "node_id": self.me, "role": self.role, "leader": self.consensus.leader_id, "term": self.consensus.term,
             "has_lease": self.consensus.has_lease(), "mode": state.mode, "mode_params": state.mode_params,
             "mode_running": None if heard is None else heard.mode, "mode_note": None if heard is None else heard.note,
+            "grid_forming": None if heard is None else heard.grid_forming, "backup": self.runner.backup,
             "request_w": state.target_w, "target_w": None if heard is None else heard.target_w,
             "version": state.version, "actual_w": round(actual, 1),
             "unplaced_w": None if heard is None else heard.unplaced_w,

@@ -19,10 +19,9 @@ One control step at virtual time t (seconds from the scenario's start), in this 
    commands; its status (SOC, usable energy, the decision's limits, actual power) is published;
 4. the leader builds the cluster image (``island`` while the grid is lost) and steps the runner
    (``backup`` as the scenario says); the dispatch reaches each node's inbox for the next step
-   (one step of latency, as in the field; valid for 3 steps), with the runner's ``grid_forming``:
-   a node's decision passes it to its inverter (backup hardware only, as in the field), and the
-   nodes' limits are the windows the forming inverters carry an island within, from the next
-   step on (so the first steps of a loss are dark);
+   (one step of latency, as in the field; valid for 3 steps); the nodes' limits are the windows
+   their inverters carry an island within from the next step on (an inverter of a node with
+   backup hardware forms the grid by itself the moment it is lost, as in the field);
 5. the step is recorded (preallocated numpy arrays, one column per step).
 
 Each node runs with the example in-process node's parameters (``site_parameters/
@@ -83,8 +82,8 @@ class SimNode:
         self.setpoint_w = 0.0
         self.limits = (0.0, 0.0)   # (charge_w, discharge_w) of the last decision
 
-    def put(self, p_w: float, t: float, grid_forming: bool = False) -> None:
-        self.inbox = SetpointReading(CLUSTER, p_w, t, t + self.valid_s, meta={"grid_forming": grid_forming})
+    def put(self, p_w: float, t: float) -> None:
+        self.inbox = SetpointReading(CLUSTER, p_w, t, t + self.valid_s)
 
     def step(self, t: float, wall: float, dt_s: float, freq_hz: float) -> NodeView:
         b, inv = self.plant.battery, self.plant.inverter
@@ -233,7 +232,7 @@ class Engine:
         setpoints = step.dispatch.setpoints
         windows = {}
         for node in self.nodes:
-            node.put(setpoints[node.node_id], t, step.result.grid_forming)
+            node.put(setpoints[node.node_id], t)
             windows[node.node_id] = node.limits
         site.windows = windows
         if k > 0:

@@ -13,11 +13,12 @@ Rules, first match wins, so safety is decided before anything else:
    follower ramps toward it within the limiter's window; then each additive
    response (frequency response, …) adds its term, not ramp-limited, and the
    sum is clamped to the window again after every term. Only here may the
-   inverter be told to form the grid when the grid is lost: when the cluster's
-   dispatch owns the setpoint and asks for it, and this node's own parameters
-   say its hardware can (`features.BACKUP`: a transfer switch that isolates the
-   site first). So a critical error, a stop, stale data or a node without backup
-   hardware never forms a grid.
+   inverter form the grid when the grid is lost (it switches over by itself,
+   in milliseconds, faster than any cycle or leader), and only when this node's
+   own parameters say its hardware can (`features.BACKUP`: a transfer switch
+   that isolates the site first). So a critical error, a stop, stale data or a
+   node without backup hardware never forms a grid, while a node that lost its
+   leader (0 W, no dispatch) still carries the site through a blackout.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from typing import Protocol
 from .. import limits as limiter
 from ..process_image import ProcessImage
 from .arbiter import arbitrate
-from .sources import CLUSTER
 
 
 class Response(Protocol):
@@ -67,7 +67,7 @@ class Decision:
     base_w: float = 0.0  # the base follower's ramped value (the next cycle ramps from it)
     source: str | None = None  # the setpoint source that owns the base (None: none)
     terms: tuple[tuple[str, float], ...] = field(default=())  # additive responses that acted
-    grid_forming: bool = False  # the inverter may form the grid if the grid is lost (backup)
+    grid_forming: bool = False  # the inverter may form the grid when the grid is lost (backup)
 
 
 def limits_for(image: ProcessImage, params, rated_w: float) -> limiter.PowerLimits:
@@ -133,8 +133,8 @@ def decide(inp: ControlInput) -> Decision:
         note = f"following {source}"
     if stopping:
         note = f"stopping: {note}"
-    forming = bool(source == CLUSTER and params.features.BACKUP and image.setpoints[source].meta.get("grid_forming"))
-    if forming:
-        note = f"{note}; grid forming allowed (backup)"
+    forming = params.features.BACKUP and not stopping
+    if forming and image.inverter.island:
+        note = f"the grid is lost: the inverter forms it (backup); {note}"
     return Decision(total, True, True, note=note, base_w=base, source=source, terms=tuple(terms),
                     grid_forming=forming, **flags)

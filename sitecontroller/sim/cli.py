@@ -126,11 +126,14 @@ def cmd_state(args) -> int:
         print(json.dumps(plant))
         return 0
     if "nodes" in plant:  # a site of several nodes, no --node
+        lost = (f"  GRID LOST: unserved {plant['unserved_w']:.0f} W, curtailed {plant['curtailed_w']:.0f} W"
+                if plant["grid_lost"] else "")
         print(f"site grid {plant['grid_p_w']:.0f} W  load {plant['load_w']:.0f} W  pv {plant['pv_w']:.0f} W  "
-              f"nodes {plant['nodes_p_w']:.0f} W  {plant['freq_hz']:.3f} Hz")
+              f"nodes {plant['nodes_p_w']:.0f} W  {plant['freq_hz']:.3f} Hz{lost}")
         for node, p in plant["nodes"].items():
             print(f"  {node}: soc {p['soc'] * 100:.2f} %  inverter {p['p_w']:.0f} W (setpoint {p['setpoint_p_w']:.0f} W)"
-                  f"  contactors {'closed' if p['contactor_closed'] else 'open'}{'  TRIPPED' if p['tripped'] else ''}")
+                  f"  contactors {'closed' if p['contactor_closed'] else 'open'}{'  TRIPPED' if p['tripped'] else ''}"
+                  f"{'  forming the grid' if p['grid_forming'] and plant['grid_lost'] else ''}")
         return 0
     print(f"soc {plant['soc'] * 100:.2f} %  inverter {plant['p_w']:.0f} W (setpoint {plant['setpoint_p_w']:.0f} W)  "
           f"grid {plant['grid_p_w']:.0f} W  contactors {'closed' if plant['contactor_closed'] else 'open'}"

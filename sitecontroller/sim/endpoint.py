@@ -20,7 +20,8 @@ A simulator of several nodes (a site behind one meter) also answers `ping` with
 optional "node": ID (one node's knobs and the shared meter and grid; its plant).
 Without it, `knobs` lists every knob (each with its "node", null for the shared
 ones), `clear` clears everything and `plant` describes the site:
-{"grid_p_w", "pv_w", "load_w", "nodes_p_w", "freq_hz", "nodes": {ID: {...as above}}}.
+{"grid_p_w", "pv_w", "load_w", "nodes_p_w", "freq_hz", "grid_lost", "unserved_w", "curtailed_w",
+"nodes": {ID: {...as above}}}.
 An unknown node is an error naming the known ones.
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ def plant_state(plant) -> dict:
         "soc": b.soc, "pack_v": b.pack_v, "pack_a": b.pack_a, "contactor_closed": b.contactor_closed,
         "sleeping": b.sleeping, "balancing": b.balancing, "temp_c": list(b.temp_c),
         "p_w": inv.p_w, "setpoint_p_w": inv.setpoint_p_w, "run_requested": inv.run_requested,
-        "tripped": inv.tripped, "grid_p_w": plant.grid_p_w, "pv_w": plant.pv_w, "load_w": plant.load_w,
+        "tripped": inv.tripped, "grid_forming": inv.grid_forming, "grid_p_w": plant.grid_p_w, "pv_w": plant.pv_w, "load_w": plant.load_w,
         "freq_hz": plant.grid.measured_hz,
     }
 
@@ -51,6 +52,7 @@ def site_state(site_plant) -> dict:
     return {
         "grid_p_w": site_plant.grid_p_w, "pv_w": site_plant.pv_w, "load_w": site_plant.load_w,
         "nodes_p_w": site_plant.nodes_p_w, "freq_hz": site_plant.grid.measured_hz,
+        "grid_lost": site_plant.grid.lost, "unserved_w": site_plant.unserved_w, "curtailed_w": site_plant.curtailed_w,
         "nodes": {node: plant_state(plant) for node, plant in site_plant.nodes.items()},
     }
 

@@ -241,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default var/site-N in the repository)")
     ap.add_argument("--no-cluster", dest="cluster", action="store_false",
                     help="--nodes N: every node runs alone (local setpoints) instead of as one Raft cluster")
+    ap.add_argument("--backup", action="store_true",
+                    help="--nodes N: every node has backup hardware (features.BACKUP) and a SunSpec inverter that can "
+                         "form the grid (every node from the sim_node1 example unless --params); try a blackout with "
+                         "`sitecontroller sim fault grid lost true` or `sitecontroller cluster backup-test`")
     ap.add_argument("--keep-params", action="store_true",
                     help="--nodes N: run the node files already in --site-dir (node1.json .. nodeN.json) as they are, "
                          "e.g. after editing one, instead of writing them anew")
@@ -257,8 +261,8 @@ def main(argv=None) -> int:
         from .run_site import site_main
 
         return site_main(args, node_args)
-    if args.site_dir or args.free_ports or args.keep_params:
-        ap.error("--site-dir, --keep-params and --free-ports go with --nodes N (N > 1)")
+    if args.site_dir or args.free_ports or args.keep_params or args.backup:
+        ap.error("--site-dir, --keep-params, --free-ports and --backup go with --nodes N (N > 1)")
     from ..params import ParamsError, load
 
     params_file = Path(args.params or DEFAULT_PARAMS).expanduser().resolve()  # against the caller's directory

@@ -52,7 +52,7 @@ def _free_port() -> int:
 
 
 def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: bool = False,
-                     socs: list[float] | None = None, cluster: bool = True) -> list[Path]:
+                     socs: list[float] | None = None, cluster: bool = True, backup: bool = False) -> list[Path]:
     """Write node1.json .. nodeN.json into `site_dir` from `templates` (node K: template K mod len) and return them.
 
     Each node: node id `nodeK` (the first template's site id), its own control endpoint, inverter port and
@@ -60,7 +60,8 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
     first template's meter (the site's one meter) and the simulator endpoint. With `cluster` (the default)
     the nodes form one cluster: `features.CLUSTER` on, each node's key pair in its data directory (made
     once, kept across runs), and the same member list (Raft and data-plane ports, public keys) in every
-    file; without it each node runs alone.
+    file; without it each node runs alone. With `backup` every node has backup hardware (`features.BACKUP`)
+    and a SunSpec inverter gets the profile that can form the grid (`sunspec_backup`).
     """
     from mastercontroller import keys
 
@@ -106,6 +107,10 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
             can.update(interface="slcan", channel=f"socket://127.0.0.1:{port(k, 2)}")
         devices["meter"] = meter
         data["features"] = {**data.get("features", {}), "CLUSTER": cluster}
+        if backup:
+            data["features"]["BACKUP"] = True
+        if backup and devices["inverter"]["model"] == "sunspec":
+            devices["inverter"]["model"] = "sunspec_backup"
         if cluster:
             data["cluster"] = {**data.get("cluster", {}), "members": members}
         data["simulation"] = {**(data.get("simulation") or {}), **{key: (first.get("simulation") or {})[key] for key in
@@ -188,6 +193,8 @@ def site_summary_line(statuses: dict[str, dict | None], plant: dict | None, clus
     else:
         site = (f"site grid {_w(plant['grid_p_w'])} W (load {plant['load_w']:.0f} W, pv {plant['pv_w']:.0f} W, "
                 f"nodes {_w(plant['nodes_p_w'])} W)")
+        if plant.get("grid_lost"):
+            site += f" GRID LOST (unserved {plant['unserved_w']:.0f} W)"
     parts = [site]
     if cluster is not None:
         target = "n/a" if cluster.get("target_w") is None else f"{cluster['target_w']:.0f} W"
@@ -374,7 +381,7 @@ def site_main(args, node_args: list[str]) -> int:
     """run-sim --nodes N (N > 1)."""
     from ..params import ParamsError, load
 
-    templates = [Path(args.params).expanduser().resolve()] if args.params else SITE_TEMPLATES
+    templates = [Path(args.params).expanduser().resolve()] if args.params else SITE_TEMPLATES[:1 if args.backup else None]
     site_dir = Path(args.site_dir).expanduser().resolve() if args.site_dir else ROOT / "var" / f"site-{args.nodes}"
     socs = [args.soc] * args.nodes if args.soc is not None else None
     if args.keep_params:
@@ -385,7 +392,7 @@ def site_main(args, node_args: list[str]) -> int:
             return 2
     else:
         try:
-            files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs, args.cluster)
+            files = make_site_params(args.nodes, site_dir, templates, args.free_ports, socs, args.cluster, args.backup)
         except (OSError, ValueError, KeyError) as exc:
             say(f"cannot write the node parameter files into {site_dir}: {exc}")
             return 2
