@@ -70,6 +70,7 @@ class NodeView:
     charge_w: float       # >= 0: the node's charge limit right now
     discharge_w: float    # >= 0: the node's discharge limit right now
     p_w: float = 0.0      # its actual power (reporting only)
+    q_max_var: float = 0.0  # reactive power it can give now, either sign (0: its inverter cannot be told)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,3 +307,19 @@ def _fill(amount: float, parts: list[_Eligible]) -> dict[str, float]:
             e = max(parts, key=lambda p: shares[p.node_id])
             shares[e.node_id] = max(0.0, shares[e.node_id] + rest)
     return shares
+
+
+def dispatch_reactive(target_var: float, nodes: Sequence[NodeView]) -> tuple[dict[str, float], float]:
+    """Reactive power over the running nodes in proportion to what each can give now (`q_max_var`,
+    the apparent power its inverter has left beside its active power), each within it. Returns
+    (setpoints for every node, 0.0 for those that get nothing; the unplaced var)."""
+    caps = {}
+    for n in nodes:
+        cap = _as_float(n.q_max_var)
+        ok = n.online is True and n.state == RUN_STATE and cap is not None and math.isfinite(cap)
+        caps[n.node_id] = max(0.0, cap) if ok else 0.0
+    total = math.fsum(caps.values())
+    if not target_var or not math.isfinite(target_var) or total <= 0.0:
+        return {n.node_id: 0.0 for n in nodes}, target_var if math.isfinite(target_var) else 0.0
+    placed = math.copysign(min(abs(target_var), total), target_var)
+    return {node_id: placed * cap / total for node_id, cap in caps.items()}, target_var - placed

@@ -35,6 +35,8 @@ class StatusMessage(_Message):
     charge_w: float = Field(0.0, ge=0)  # the node's charge limit now
     discharge_w: float = Field(0.0, ge=0)
     p_w: float | None = None  # actual inverter power, positive = discharge
+    q_var: float | None = None  # actual reactive power, positive = delivered
+    q_max_var: float = Field(0.0, ge=0)  # reactive power it can give now, either sign (0: cannot be told)
     setpoint_w: float = 0.0
     freq_hz: float | None = None
     grid_w: float | None = None  # this node's site meter reading, + = import (None: no fresh reading)
@@ -53,6 +55,7 @@ class DispatchMessage(_Message):
     target_w: float
     unplaced_w: float = 0.0
     setpoints: dict[str, float]
+    q_setpoints: dict[str, float] = {}  # reactive power, var, for the nodes that get some
     decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
     mode: str = ""  # the mode that decided (``grid_forming`` while islanded) and why, for status
     note: str = Field("", max_length=300)

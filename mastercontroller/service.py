@@ -176,7 +176,8 @@ class ClusterService:
         msg = DispatchMessage(leader=self.me, term=self.consensus.term, seq=self._seq, valid_s=min(self.valid_s, lease_s),
                               decided_wall=self.node.clock.wall(), target_w=step.target_w,
                               unplaced_w=step.dispatch.unplaced_w, setpoints=step.dispatch.setpoints,
-                              mode=step.mode, note=step.result.note[:300], grid_forming=step.result.grid_forming)
+                              mode=step.mode, note=step.result.note[:300], grid_forming=step.result.grid_forming,
+                              q_setpoints={k: v for k, v in step.q_setpoints.items() if v})
         self.plane.publish(msg)
         self._on_dispatch(msg)  # a PUB does not deliver to itself
 
@@ -207,6 +208,7 @@ class ClusterService:
             charge_w=0.0 if limits is None else max(0.0, limits.charge_w),
             discharge_w=0.0 if limits is None else max(0.0, limits.discharge_w),
             p_w=None if inv is None else inv.p_w, setpoint_w=node.setpoint_w,
+            q_var=None if inv is None else inv.q_var, q_max_var=node.q_max_var(),
             freq_hz=meter.freq_hz if meter is not None and meter.freq_hz is not None else (inv.freq_hz if inv else None),
             grid_w=None if meter is None else meter.p_w,
             grid_t=None if meter is None else meter.t,
@@ -225,7 +227,8 @@ class ClusterService:
         if p_w is None:
             return
         now = self.node.clock.monotonic()
-        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta={"decided_wall": msg.decided_wall},
+        meta = {"decided_wall": msg.decided_wall, "q_var": msg.q_setpoints.get(self.me, 0.0)}
+        self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta=meta,
                                        origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
         self.heard = msg
         self._note_term(msg, now)
@@ -329,7 +332,7 @@ class ClusterService:
                 "state": s.state if s else None, "soc": s.soc if s else None, "p_w": s.p_w if s else None,
                 "setpoint_w": s.setpoint_w if s else None,
                 "limits": {"charge_w": s.charge_w, "discharge_w": s.discharge_w} if s else None,
-                "island": s.island if s else None,
+                "island": s.island if s else None, "q_var": s.q_var if s else None,
             })
         actual = sum(m["p_w"] for m in members if m["online"] and m["p_w"] is not None)
         return {
@@ -351,4 +354,4 @@ def _node_view(v) -> NodeView:
     if s is None or s.soc is None:
         return NodeView(v.node_id, False, "unknown" if s is None else s.state, 0.0, 1.0, 0.0, 0.0)
     return NodeView(v.node_id, v.online, s.state, s.soc, max(s.usable_wh, 1.0), s.charge_w, s.discharge_w,
-                    s.p_w or 0.0)
+                    s.p_w or 0.0, s.q_max_var)

@@ -66,6 +66,14 @@ class Node:
     def setpoint_w(self) -> float:
         return self.decision.setpoint_w if self.decision else 0.0
 
+    def q_max_var(self) -> float:
+        """Reactive power the node could give now, either sign: what its inverter's rating leaves beside
+        the active power (0 when it may not exchange power, or its inverter cannot be told)."""
+        d = self.decision
+        if d is None or not d.inverter_run or not self.devices.inverter.can_set_q:
+            return 0.0
+        return control.q_headroom_var(self.rated_w, d.setpoint_w)
+
     # --- the cycle ------------------------------------------------------------------
     def step(self) -> None:
         """One cycle. Never raises: a failing cycle commands the safe state instead."""
@@ -112,8 +120,8 @@ class Node:
 
     def _write(self, decision: Decision) -> None:
         self.decision = decision
-        self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, run=decision.inverter_run,
-                                                      grid_forming=decision.grid_forming))
+        self.devices.inverter.command(InverterCommand(p_w=decision.setpoint_w, q_var=decision.q_var,
+                                                      run=decision.inverter_run, grid_forming=decision.grid_forming))
         if decision.source is not None and self.image is not None:
             self.setpoint_age.observe(self.image.setpoints.get(decision.source), self.clock.wall())
         self.devices.bms.command(BmsCommand(decision.contactor_closed, decision.balancing, decision.bms_sleep))
@@ -137,7 +145,7 @@ class Node:
         )
         if self.decision is not None:
             steps = (lambda: setattr(self, "decision", replace(
-                self.decision, setpoint_w=0.0, base_w=0.0, inverter_run=False, contactor_closed=False,
+                self.decision, setpoint_w=0.0, base_w=0.0, q_var=0.0, inverter_run=False, contactor_closed=False,
                 grid_forming=False, note=f"control cycle failed: {exc!r}")),) + steps
         for safe_step in steps:
             try:

@@ -97,7 +97,7 @@ class ModeResult:
     # per node (charge_w, discharge_w) caps: narrow only (e.g. a SOC reserve, "never discharge")
     node_limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     grid_forming: bool = False             # the inverters should form the grid (backup, islanded)
-    target_var: float = 0.0                # reactive power target, var (not yet executed by the nodes)
+    target_var: float = 0.0                # reactive power target, var (+ = delivered, over-excited, as P + = discharge)
 
 
 def reserve_limits(image: ClusterImage, reserve_soc: float, *, charge: bool = True) -> dict[str, tuple[float, float]]:

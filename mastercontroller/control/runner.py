@@ -23,7 +23,7 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-from ..dispatch import Dispatch, DispatchParams, dispatch
+from ..dispatch import Dispatch, DispatchParams, dispatch, dispatch_reactive
 from ..state import ClusterState
 from . import MODES, grid_forming, parse_params
 from .base import ClusterImage, ModeResult
@@ -38,6 +38,8 @@ class Step:
     result: ModeResult     # what the mode asked
     target_w: float        # after the cluster limits
     dispatch: Dispatch     # the split over the nodes
+    q_setpoints: dict[str, float]  # the mode's reactive power over the nodes that can give it, var
+    unplaced_var: float = 0.0
 
 
 class ModeRunner:
@@ -97,7 +99,8 @@ class ModeRunner:
             target = min(state.limits["discharge_w"], max(-state.limits["charge_w"], target))
         nodes = _narrow(image, result.node_limits)
         self._dispatch = dispatch(target, nodes, self.dispatch_params, self._dispatch)
-        return Step(name, result, target, self._dispatch)
+        q_setpoints, unplaced_var = dispatch_reactive(result.target_var, nodes)
+        return Step(name, result, target, self._dispatch, q_setpoints, unplaced_var)
 
     def _island_step(self, image: ClusterImage) -> ModeResult | None:
         if not self.backup or self._mode is grid_forming:

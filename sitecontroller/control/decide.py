@@ -19,9 +19,13 @@ Rules, first match wins, so safety is decided before anything else:
    that isolates the site first). So a critical error, a stop, stale data or a
    node without backup hardware never forms a grid, while a node that lost its
    leader (0 W, no dispatch) still carries the site through a blackout.
+   Reactive power comes with the owning source's request (`meta["q_var"]`, the
+   cluster's dispatch) and gets what the rating leaves beside the active power:
+   |Q| <= sqrt(rated² - P²); every other rule above holds 0 var.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,12 +72,18 @@ class Decision:
     source: str | None = None  # the setpoint source that owns the base (None: none)
     terms: tuple[tuple[str, float], ...] = field(default=())  # additive responses that acted
     grid_forming: bool = False  # the inverter may form the grid when the grid is lost (backup)
+    q_var: float = 0.0  # reactive power setpoint, positive = delivered (over-excited)
 
 
 def limits_for(image: ProcessImage, params, rated_w: float) -> limiter.PowerLimits:
     """The charge limiter applied to this image with this node's parameters."""
     return limiter.compute_limits(image.bms, params.safety, params.battery, rated_w=rated_w,
                                   backup=params.features.BACKUP)
+
+
+def q_headroom_var(rated_w: float, p_w: float) -> float:
+    """The reactive power an inverter of this rating has left beside `p_w` (apparent power = rating)."""
+    return math.sqrt(max(0.0, rated_w * rated_w - p_w * p_w))
 
 
 def decide(inp: ControlInput) -> Decision:
@@ -133,8 +143,12 @@ def decide(inp: ControlInput) -> Decision:
         note = f"following {source}"
     if stopping:
         note = f"stopping: {note}"
+    q_var = 0.0
+    if source is not None:
+        asked, room = image.setpoints[source].meta.get("q_var") or 0.0, q_headroom_var(inp.rated_w, total)
+        q_var = max(-room, min(room, asked)) if math.isfinite(asked) else 0.0
     forming = params.features.BACKUP and not stopping
     if forming and image.inverter.island:
         note = f"the grid is lost: the inverter forms it (backup); {note}"
     return Decision(total, True, True, note=note, base_w=base, source=source, terms=tuple(terms),
-                    grid_forming=forming, **flags)
+                    grid_forming=forming, q_var=q_var, **flags)

@@ -99,6 +99,7 @@ class BmsDriver(Driver[BmsReading]):
 class InverterDriver(Driver[InverterReading]):
     kind = "inverter"
     can_form_grid: bool = False  # it can be told to form the grid when the grid is lost (backup)
+    can_set_q: bool = False  # it can be told a reactive power setpoint
 
     @abc.abstractmethod
     def command(self, cmd: InverterCommand) -> None:

@@ -55,6 +55,7 @@ class InprocBms(_InprocDriver, BmsDriver):
 
 class InprocInverter(_InprocDriver, InverterDriver):
     can_form_grid = True  # the plant models grid forming (sim/site_plant.py)
+    can_set_q = True
 
     def _read(self, t: float) -> InverterReading:
         inv, plant = self.plant.inverter, self.plant

@@ -41,7 +41,7 @@ def plant_state(plant) -> dict:
     return {
         "soc": b.soc, "pack_v": b.pack_v, "pack_a": b.pack_a, "contactor_closed": b.contactor_closed,
         "sleeping": b.sleeping, "balancing": b.balancing, "temp_c": list(b.temp_c),
-        "p_w": inv.p_w, "setpoint_p_w": inv.setpoint_p_w, "run_requested": inv.run_requested,
+        "p_w": inv.p_w, "q_var": inv.q_var, "setpoint_p_w": inv.setpoint_p_w, "run_requested": inv.run_requested,
         "tripped": inv.tripped, "grid_forming": inv.grid_forming, "grid_p_w": plant.grid_p_w, "pv_w": plant.pv_w, "load_w": plant.load_w,
         "freq_hz": plant.grid.measured_hz,
     }

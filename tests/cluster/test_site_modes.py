@@ -39,7 +39,8 @@ ROUNDS = [
     ("charge_only", ["--set", "target_soc=0.95", "--set", "max_charge_w=1500"],
      lambda s, c: _near(c["actual_w"], -1500)),
     ("external_control", ["--params-json", json.dumps({"schedule": [
-        {"start": _hour(-1), "end": _hour(3), "p_w": 2000}]})], lambda s, c: _near(c["actual_w"], 2000)),
+        {"start": _hour(-1), "end": _hour(3), "p_w": 2000, "q_var": 1000}]})],  # Q: node1's SunSpec inverter only
+     lambda s, c: _near(c["actual_w"], 2000) and _near(sum(m["q_var"] or 0.0 for m in c["members"]), 1000)),
     ("cost_saving", ["--params-json", json.dumps({"prices": [
         {"start": _hour(h), "price": 0.05 + 0.25 * (h % 2)} for h in range(6)]})],
      lambda s, c: c["mode_note"].startswith("cost saving") and _near(c["actual_w"], c["target_w"], 300)),

@@ -145,6 +145,42 @@ def test_decide_reports_the_source_that_owns_the_setpoint(make_params):
     assert (d.source, d.setpoint_w, d.note) == ("scada", 2000.0, "following scada")
 
 
+# --- reactive power: what the rating leaves beside P; grid forming: backup hardware, power branch -----
+Q_ROWS = [
+    # state, P asked (prev = P), Q asked -> P, Q
+    ("run", 3000.0, 1000.0, 3000.0, 1000.0),
+    ("run", 3000.0, -6000.0, 3000.0, -4000.0),  # sqrt(5000² - 3000²)
+    ("run", 5000.0, 2000.0, 5000.0, 0.0),  # at the rating: no room
+    ("run", 0.0, 7000.0, 0.0, 5000.0),
+    ("run", 2000.0, float("nan"), 2000.0, 0.0),
+    ("sleep", 2000.0, 1000.0, 0.0, 0.0),  # no power exchange: no reactive power either
+]
+
+
+@pytest.mark.parametrize("state, p_w, q_asked, p_expected, q_expected", Q_ROWS)
+def test_reactive_power_gets_what_the_rating_leaves(make_params, state, p_w, q_asked, p_expected, q_expected):
+    ask = replace(reading("local", p_w), meta={"q_var": q_asked})
+    d = decide(control_input(make_params(), image(setpoints={"local": ask}), state=state, prev=p_w))
+    assert (d.setpoint_w, d.q_var) == pytest.approx((p_expected, q_expected))
+
+
+@pytest.mark.parametrize("backup, state, inv, stop, critical, forming", [
+    (True, "run", INV, None, None, True),
+    (True, "run", replace(INV, island=True), None, None, True),  # on a lost grid too: it carries the site
+    (False, "run", replace(INV, island=True), None, None, False),  # no backup hardware
+    (True, "sleep", INV, None, None, False),
+    (True, "run", None, None, None, False),  # stale inverter data
+    (True, "run", INV, "ramp", None, False),  # an orderly stop
+    (True, "run", INV, None, "ESTOP", False),
+])
+def test_grid_forming_only_with_backup_hardware_in_the_power_branch(make_params, backup, state, inv, stop,
+                                                                     critical, forming):
+    params = make_params(features={"BACKUP": backup})
+    d = decide(control_input(params, image(inv=inv), state=state, stop_phase=stop, critical=critical, prev=100.0))
+    assert d.grid_forming is forming, d
+    assert ("forms it (backup)" in d.note) is (forming and inv.island is True)
+
+
 # --- additive responses: after the ramp, not ramp-limited, clamped to the window ------------
 class Step:
     """A test response: adds a fixed term (as a frequency response would at a step)."""

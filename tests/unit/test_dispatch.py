@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from mastercontroller.dispatch import Dispatch, DispatchParams, NodeView, dispatch
+from mastercontroller.dispatch import Dispatch, DispatchParams, NodeView, dispatch, dispatch_reactive
 
 NAN = float("nan")
 INF = float("inf")
@@ -517,3 +517,18 @@ def test_sleeping_nodes_rotate_when_the_direction_turns():
         prev = dispatch(-800.0, nodes, DEFAULT, prev)
     assert prev.sleeping == {"b", "c"}
     assert prev.setpoints["a"] == pytest.approx(-800.0)
+
+
+@pytest.mark.parametrize("target_var, caps, expected, unplaced", [
+    (3000.0, {"a": 4000.0, "b": 2000.0}, {"a": 2000.0, "b": 1000.0}, 0.0),  # in proportion to what each can give
+    (-9000.0, {"a": 4000.0, "b": 2000.0}, {"a": -4000.0, "b": -2000.0}, -3000.0),  # each within it
+    (1000.0, {"a": 0.0, "b": 0.0}, {"a": 0.0, "b": 0.0}, 1000.0),  # nobody can: all unplaced
+    (0.0, {"a": 4000.0}, {"a": 0.0}, 0.0),
+    (float("inf"), {"a": 4000.0}, {"a": 0.0}, 0.0),
+    (1000.0, {"a": float("nan"), "b": 1000.0}, {"a": 0.0, "b": 1000.0}, 0.0),
+])
+def test_reactive_power_split(target_var, caps, expected, unplaced):
+    nodes = [NodeView(n, True, "run", 0.5, 10_000.0, 5000.0, 5000.0, q_max_var=c) for n, c in caps.items()]
+    nodes.append(NodeView("off", False, "run", 0.5, 10_000.0, 5000.0, 5000.0, q_max_var=5000.0))  # offline: none
+    got, left = dispatch_reactive(target_var, nodes)
+    assert got == pytest.approx({**expected, "off": 0.0}) and left == pytest.approx(unplaced)

@@ -26,7 +26,7 @@ SAMPLE_PARAMS = {
     "grid_forming": [{}, {"backup_reserve_soc": 0.6}],
     "charge_only": [{}, {"target_soc": 0.7, "max_charge_w": 1500}],
     "external_control": [{"schedule": [{"start": "2026-05-28T00:00:00+00:00", "end": "2026-05-30T00:00:00+00:00",
-                                        "p_w": 4000}], "fallback_w": -500}],
+                                        "p_w": 4000, "q_var": -3000}], "fallback_w": -500}],
     "local": [{}, {"heartbeat_s": 5}],
     "cost_saving": [{"prices": [{"start": f"2026-05-28T{h:02d}:00:00+00:00", "price": 0.1 + 0.02 * (h % 7)}
                                 for h in range(24)]}],
@@ -45,7 +45,7 @@ def _random_image(rng: random.Random, t: float) -> ClusterImage:
             f"n{i}", rng.random() > 0.1, rng.choice(["run", "run", "run", "sleep", "error"]),
             rng.choice([0.0, 0.05, 0.1, 0.3, rng.random(), 1.0]), rng.choice([1000.0, 10_000.0]),
             rng.choice([0.0, 500.0, 5000.0, rng.uniform(0, 8000)]), rng.choice([0.0, 500.0, 5000.0, rng.uniform(0, 8000)]),
-            rng.uniform(-5000, 5000)))
+            rng.uniform(-5000, 5000), rng.choice([0.0, 3000.0, rng.uniform(0, 5000), math.nan])))
     return ClusterImage(
         t, WALL0 + t, 1.0, tuple(nodes),
         grid_w=rng.choice([None, rng.uniform(-20_000, 20_000), 0.0]), grid_t=t if rng.random() > 0.3 else None,
@@ -72,6 +72,7 @@ def test_setpoints_never_leave_any_limit(seed):
         d = step.dispatch
         if state.limits is not None:
             assert -state.limits["charge_w"] - 1e-6 <= step.target_w <= state.limits["discharge_w"] + 1e-6
+        assert abs(math.fsum(step.q_setpoints.values())) <= abs(result.target_var) + 1e-6
         reserve = state.mode_params.get(RESERVE.get(step.mode, ""), 0.1 if step.mode in RESERVE else None)
         for n in image.nodes:
             p = d.setpoints[n.node_id]
@@ -79,8 +80,10 @@ def test_setpoints_never_leave_any_limit(seed):
             cap_c, cap_d = result.node_limits.get(n.node_id, (math.inf, math.inf))
             assert -min(max(0.0, n.charge_w), cap_c) - 1e-6 <= p <= min(max(0.0, n.discharge_w), cap_d) + 1e-6, \
                 (cycle, step.mode, n, p, result.node_limits)
+            q = step.q_setpoints[n.node_id]
+            assert abs(q) <= (n.q_max_var if math.isfinite(n.q_max_var) else 0.0) + 1e-6, (cycle, n, q)
             if not (n.online and n.state == "run"):
-                assert p == 0.0
+                assert p == 0.0 and q == 0.0
             if reserve is not None and not result.grid_forming and n.soc <= reserve:
                 assert p <= 0.0, (cycle, step.mode, n, p)
 

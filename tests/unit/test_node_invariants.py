@@ -16,8 +16,11 @@ Invariants, each checked on every cycle of every sequence:
   I6  the inverter may form the grid only on a node whose own parameters say it has backup
       hardware (`features.BACKUP`), while the inverter runs with the contactors closed, no
       critical error is listed and no orderly stop runs; what the inverter was told is what
-      the decision says.
+      the decision says;
+  I7  reactive power only while the inverter runs, and never beyond what the rating leaves
+      beside the active power (|S| <= rated).
 """
+import math
 import random
 from collections import deque
 
@@ -102,6 +105,8 @@ def check_cycle(rig, acks, where, prev=None):
         assert d.inverter_run and d.contactor_closed and not critical and node.stop.phase is None, (where, d)
     if not (getattr(rig, "ignores_writes", False) or rig.devices.inverter.silent):  # the command got there
         assert rig.plant.inverter.grid_forming == d.grid_forming, (where, d)
+    assert d.q_var == 0.0 or d.inverter_run, (where, d)
+    assert math.hypot(d.setpoint_w, d.q_var) <= node.rated_w + 1e-6, (where, d)
     for raw, ack in acks[-1:]:  # a later command of the same cycle may rightly undo an earlier one
         if ack.status != "done":
             continue
@@ -152,7 +157,7 @@ def run_random(params, seed, dispatch=False):
         where = f"seed {seed} cycle {cycle}"
         if dispatch and rng.random() < 0.7:
             rig.node.sources["cluster"].put(rng.choice([-4000, -1000, 0, 1500, 4000]), rig.clock.monotonic(),
-                                            valid_s=0.3)
+                                            valid_s=0.3, meta={"q_var": rng.choice([-6000, -2000, 0, 2500, 6000])})
         if rng.random() < (0.01 if dispatch else 0.04):  # dispatch: mostly running, to see it form the grid
             name = rng.choice(FAULTS)
             on = name not in active

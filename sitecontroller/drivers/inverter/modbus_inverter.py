@@ -100,6 +100,7 @@ class ModbusInverter(PollingDriver, InverterDriver):
         self._names = self.profile.poll_points()
         self._control = self.profile.control_points()
         self.can_form_grid = any(w.source == "grid_forming" for w in self.profile.writes)
+        self.can_set_q = any(w.source in ("q_var", "q_pct") for w in self.profile.writes)
         self._latest: InverterReading | None = None
         self._values: dict = {}
         self._written: dict | None = None  # the last target the device acknowledged
