@@ -1,4 +1,4 @@
-"""`sitecontroller cluster keygen|status|mode|setpoint|backup-test|add|remove`: the operator's view of the cluster."""
+"""`sitecontroller cluster keygen|status|mode|setpoint|service|backup-test|add|remove`: the operator's view of the cluster."""
 from __future__ import annotations
 
 import argparse
@@ -51,8 +51,12 @@ def cmd_status(args) -> int:
         soc = "n/a" if m["soc"] is None else f"{m['soc'] * 100:5.1f}%"
         p = "n/a" if m["p_w"] is None else f"{m['p_w']:+6.0f} W"
         lim = m["limits"]
+        reserve = "".join(f"  {k} {v:.0f} W" for k, v in (m.get("reserve") or {}).items())
         print(f"  {m['node_id']:<10} {'online ' if m['online'] else 'OFFLINE'} {m['state']:<11} soc {soc}  p {p}  "
-              f"setpoint {m['setpoint_w']:+6.0f} W  allowed -{lim['charge_w']:.0f}..+{lim['discharge_w']:.0f} W")
+              f"setpoint {m['setpoint_w']:+6.0f} W  allowed -{lim['charge_w']:.0f}..+{lim['discharge_w']:.0f} W"
+              + (f"  reserve:{reserve}" if reserve else ""))
+    for name, svc in (c.get("services") or {}).items():
+        print(f"  service {name}: {svc['capacity_w']:.0f} W contracted  {json.dumps(svc['params'], sort_keys=True)}")
     return 0
 
 
@@ -104,6 +108,22 @@ def cmd_mode(args) -> int:
             print(f"error: --params-json: not JSON ({exc})", file=sys.stderr)
             return 2
     return _command(args, {"type": "cluster_mode", "mode": args.name, "params": params}, wait_s=PROPOSE_TIMEOUT_S + 0.5)
+
+
+def cmd_service(args) -> int:
+    from sitecontroller.cli import _command
+    from sitecontroller.control.services import SERVICES
+
+    from .service import PROPOSE_TIMEOUT_S
+
+    if args.name not in SERVICES:
+        print(f"error: unknown service {args.name!r}; known: {', '.join(SERVICES)}", file=sys.stderr)
+        return 2
+    if args.off == (args.capacity_w is not None):
+        print("error: give --capacity-w W to hold the service, or --off to end it", file=sys.stderr)
+        return 2
+    return _command(args, {"type": "cluster_service", "service": args.name, "capacity_w": 0.0 if args.off
+                           else args.capacity_w, "params": dict(args.set or [])}, wait_s=PROPOSE_TIMEOUT_S + 0.5)
 
 
 def _new_member(args) -> dict:
@@ -183,6 +203,17 @@ def add_cluster_parser(sub, talk) -> None:
     p.add_argument("--w", type=_watts, required=True, metavar="W", help="watts for the whole cluster, e.g. 6000 or -4000")
     p.add_argument("--hold", type=float, default=600.0, metavar="S",
                    help="how long the request holds without being sent again, 1..3600 s (default 600)")
+    from sitecontroller.control.services import SERVICES
+
+    p = talk("service", "hold a grid service (frequency reserve) with a contracted capacity, or end it; the "
+             "leader allocates it over the nodes, which respond to their own frequency measurement. Services: "
+             + "; ".join(f"{s.name} ({s.what})" for s in SERVICES.values()), cmd_service, csub)
+    p.add_argument("name", metavar="NAME", help=f"one of {', '.join(SERVICES)}")
+    p.add_argument("--capacity-w", type=_watts, metavar="W", help="the contracted capacity for the whole cluster, W")
+    p.add_argument("--off", action="store_true", help="end the service (its reserve is released)")
+    p.add_argument("--set", action="append", type=_assignment, metavar="KEY=VALUE",
+                   help="a service parameter, e.g. --set activation_hz=49.5 (ffr) or --set f1_hz=49.6 (droop); "
+                        "repeatable; those not given take their defaults")
     from .backup_test import cmd_backup_test
 
     p = talk("backup-test", "a blackout on purpose: open the simulated site's grid for --seconds, check that the "

@@ -56,6 +56,9 @@ class DispatchMessage(_Message):
     unplaced_w: float = 0.0
     setpoints: dict[str, float]
     q_setpoints: dict[str, float] = {}  # reactive power, var, for the nodes that get some
+    reserve: dict[str, dict[str, float]] = {}  # grid services: node -> service -> allocated W
+    reserve_params: dict[str, dict] = {}  # service -> its parameters
+    reserve_valid_s: float = Field(300.0, gt=0, le=3600)  # a node keeps its allocation this long
     decided_wall: float = 0.0  # the leader's wall clock when it decided (a node measures the setpoint's age)
     mode: str = ""  # the mode that decided (``grid_forming`` while islanded) and why, for status
     note: str = Field("", max_length=300)

@@ -44,6 +44,7 @@ import os
 import time
 
 from sitecontroller.commands import DONE, FAILED, REJECTED
+from sitecontroller.control.services import parse_params as parse_service_params
 from sitecontroller.control.sources import CLUSTER
 from sitecontroller.cycle import aligned_start
 
@@ -57,6 +58,7 @@ from .dispatch import DispatchParams, NodeView
 from .fence import TermFence
 from .membership import Membership
 from .messages import DispatchMessage, StatusMessage
+from .reserve import refusal
 
 log = logging.getLogger("mastercontroller")
 
@@ -73,6 +75,7 @@ class ClusterService:
         self.me = params.identity.node_id
         self.period_s = params.cycle.period_s
         self.valid_s = cluster.dispatch_valid_s
+        self.reserve_valid_s = cluster.reserve_valid_s
         public, secret = keys.load(params.data_dir)
         self.consensus = ClusterConsensus(
             self.me, [Member(m.node_id, m.raft, m.public_key, m.data) for m in cluster.members], params.data_dir,
@@ -177,7 +180,9 @@ class ClusterService:
                               decided_wall=self.node.clock.wall(), target_w=step.target_w,
                               unplaced_w=step.dispatch.unplaced_w, setpoints=step.dispatch.setpoints,
                               mode=step.mode, note=step.result.note[:300], grid_forming=step.result.grid_forming,
-                              q_setpoints={k: v for k, v in step.q_setpoints.items() if v})
+                              q_setpoints={k: v for k, v in step.q_setpoints.items() if v},
+                              reserve={k: v for k, v in step.reserve.per_node.items() if v},
+                              reserve_params=step.reserve.params, reserve_valid_s=self.reserve_valid_s)
         self.plane.publish(msg)
         self._on_dispatch(msg)  # a PUB does not deliver to itself
 
@@ -230,6 +235,8 @@ class ClusterService:
         meta = {"decided_wall": msg.decided_wall, "q_var": msg.q_setpoints.get(self.me, 0.0)}
         self.node.sources[CLUSTER].put(p_w, now, valid_s=msg.valid_s, meta=meta,
                                        origin=f"leader {msg.leader} term {msg.term} seq {msg.seq}")
+        self.node.grid_services.allocate(msg.reserve.get(self.me, {}), msg.reserve_params, msg.term, now,
+                                         msg.reserve_valid_s)
         self.heard = msg
         self._note_term(msg, now)
 
@@ -282,6 +289,23 @@ class ClusterService:
                                                 "target_wall": wall}, PROPOSE_TIMEOUT_S)
                 return (f"mode local: cluster target {state.target_w:.0f} W for {cmd.hold_s:g} s "
                         f"(version {state.version})", {"target_w": state.target_w, "version": state.version})
+        elif cmd.type == "cluster_service":
+            try:
+                params = parse_service_params(cmd.service, cmd.params).model_dump(mode="json")
+            except ValueError as exc:
+                return REJECTED, str(exc), {}
+            if cmd.capacity_w > 0:
+                nodes = [_node_view(v) for v in self.membership.image(self.node.clock.monotonic())]
+                why = refusal(cmd.service, cmd.capacity_w, params, self.consensus.state().services, nodes)
+                if why is not None:
+                    return REJECTED, why, {}
+
+            def work():
+                state = self.consensus.propose({"service": {"name": cmd.service, "capacity_w": cmd.capacity_w,
+                                                            "params": params}}, PROPOSE_TIMEOUT_S)
+                what = f"{cmd.service} {cmd.capacity_w:.0f} W" if cmd.capacity_w > 0 else f"{cmd.service} off"
+                return f"grid service {what} (version {state.version})", {"services": state.services or {},
+                                                                          "version": state.version}
         elif cmd.type == "cluster_add_member":
             m = cmd.member
             member = Member(m.node_id, m.raft, m.public_key, m.data)
@@ -333,6 +357,7 @@ class ClusterService:
                 "setpoint_w": s.setpoint_w if s else None,
                 "limits": {"charge_w": s.charge_w, "discharge_w": s.discharge_w} if s else None,
                 "island": s.island if s else None, "q_var": s.q_var if s else None,
+                "reserve": {} if heard is None else heard.reserve.get(v.node_id, {}),
             })
         actual = sum(m["p_w"] for m in members if m["online"] and m["p_w"] is not None)
         return {
@@ -340,6 +365,7 @@ class ClusterService:
             "has_lease": self.consensus.has_lease(), "mode": state.mode, "mode_params": state.mode_params,
             "mode_running": None if heard is None else heard.mode, "mode_note": None if heard is None else heard.note,
             "grid_forming": None if heard is None else heard.grid_forming, "backup": self.runner.backup,
+            "services": state.services or {},
             "request_w": state.target_w, "target_w": None if heard is None else heard.target_w,
             "version": state.version, "actual_w": round(actual, 1),
             "unplaced_w": None if heard is None else heard.unplaced_w,

@@ -2,8 +2,8 @@
 
 Every change goes through the Raft log (consensus.py ``propose``) and is validated by
 ``validate_change`` the same way on every node: a change sets values (mode, mode
-parameters, the local request and its time, cluster limits), so applying it twice is
-harmless. The checks here are structural only, so that every node, whatever version of the
+parameters, the local request and its time, cluster limits, one grid service's contracted
+capacity and parameters), so applying it twice is harmless. The checks here are structural only, so that every node, whatever version of the
 modes it runs, applies the log alike; a mode's own parameters are checked at the command
 edge before anything is proposed (``service.py``), and again by the leader that runs them
 (``control/runner.py``: what it cannot run, it does not run: passive, 0 W, logged).
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from pysyncobj import SyncObjConsumer, replicated
 
-_CHANGE_KEYS = ("mode", "mode_params", "target_w", "target_wall", "limits")
+_CHANGE_KEYS = ("mode", "mode_params", "target_w", "target_wall", "limits", "service")
 
 
 @dataclass(frozen=True)
@@ -27,10 +27,14 @@ class ClusterState:
     target_wall: float | None = None  # UTC epoch s it was set or refreshed (its heartbeat)
     limits: dict | None = None     # {"charge_w": float, "discharge_w": float} or None
     version: int = 0
+    # grid services held: {name: {"capacity_w": W, "params": {...}}}; None: none (a class default, so a
+    # state pickled before services existed reads as none)
+    services: dict | None = None
 
     def copy(self) -> "ClusterState":
         return replace(self, mode_params=json.loads(json.dumps(self.mode_params)),
-                       limits=dict(self.limits) if self.limits is not None else None)
+                       limits=dict(self.limits) if self.limits is not None else None,
+                       services=json.loads(json.dumps(self.services)) if self.services else None)
 
 
 def _finite(value, name: str) -> float:
@@ -75,17 +79,50 @@ def validate_change(change) -> dict:
                 lim[k] = v
             out["limits"] = lim
     if "mode_params" in change:
-        params = change["mode_params"]
-        if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
-            raise ValueError("mode_params: expected a dict with string keys")
-        try:
-            text = json.dumps(params, allow_nan=False)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"mode_params: must be JSON data with finite numbers ({e})") from None
-        if len(text) > 64 * 1024:
-            raise ValueError("mode_params: larger than 64 KiB")
-        out["mode_params"] = json.loads(text)
+        out["mode_params"] = _json_dict(change["mode_params"], "mode_params")
+    if "service" in change:
+        out["service"] = _service(change["service"])
     return out
+
+
+def _json_dict(params, name: str) -> dict:
+    if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
+        raise ValueError(f"{name}: expected a dict with string keys")
+    try:
+        text = json.dumps(params, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: must be JSON data with finite numbers ({e})") from None
+    if len(text) > 64 * 1024:
+        raise ValueError(f"{name}: larger than 64 KiB")
+    return json.loads(text)
+
+
+def _service(svc) -> dict:
+    """{"name", "capacity_w" (0: off), "params"}: one service set (structure only; the service's
+    own rules are checked at the command edge)."""
+    if not isinstance(svc, dict) or set(svc) != {"name", "capacity_w", "params"}:
+        raise ValueError('service: expected {"name": NAME, "capacity_w": W, "params": {...}}')
+    name = svc["name"]
+    if not isinstance(name, str) or not name.strip() or len(name) > 64:
+        raise ValueError("service.name: expected a non-empty string of at most 64 characters")
+    capacity = _finite(svc["capacity_w"], "service.capacity_w")
+    if capacity < 0:
+        raise ValueError(f"service.capacity_w: must be >= 0 W, got {capacity}")
+    return {"name": name, "capacity_w": capacity, "params": _json_dict(svc["params"], "service.params")}
+
+
+def apply(state: ClusterState, change: dict) -> ClusterState:
+    """The state after a validated change (one version later); a service with 0 W ends."""
+    change = dict(change)
+    svc = change.pop("service", None)
+    if svc is not None:
+        services = dict(state.services or {})
+        if svc["capacity_w"] > 0:
+            services[svc["name"]] = {"capacity_w": svc["capacity_w"], "params": svc["params"]}
+        else:
+            services.pop(svc["name"], None)
+        change["services"] = services or None
+    return replace(state, **change, version=state.version + 1)
 
 
 class StateMachine(SyncObjConsumer):
@@ -101,5 +138,5 @@ class StateMachine(SyncObjConsumer):
             change = validate_change(change)  # deterministic: the same on every node
         except ValueError as e:
             return ("error", str(e))
-        self.state = replace(self.state, **change, version=self.state.version + 1)
+        self.state = apply(self.state, change)
         return self.state

@@ -101,6 +101,18 @@ class ClusterMode(_Base):
     params: dict = Field(default_factory=dict)
 
 
+class ClusterService(_Base):
+    """Hold a grid service (a contracted frequency reserve) in the cluster, or end it
+    (`capacity_w` 0), through the Raft log. The parameters are checked against the service, and
+    the capacity against what the running nodes can hold, before anything is proposed."""
+
+    scope: ClassVar[Literal["node", "cluster"]] = CLUSTER_SCOPE
+    type: Literal["cluster_service"]
+    service: str = Field(..., min_length=1, max_length=64)
+    capacity_w: float = Field(..., ge=0, le=MAX_POWER_W, allow_inf_nan=False)
+    params: dict = Field(default_factory=dict)
+
+
 class ClusterAddMember(_Base):
     """Add a node to the running cluster (a Raft membership change). The node runs already, with
     every member (itself too) in its parameter file; until it is added the members refuse its key."""
@@ -118,8 +130,8 @@ class ClusterRemoveMember(_Base):
     node_id: str = Field(..., pattern=ID_PATTERN)
 
 
-_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterMode, ClusterAddMember,
-          ClusterRemoveMember)
+_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterMode, ClusterService,
+          ClusterAddMember, ClusterRemoveMember)
 Command = Annotated[Union[_TYPES], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)
 COMMAND_TYPES = tuple(get_args(cls.model_fields["type"].annotation)[0] for cls in _TYPES)

@@ -15,6 +15,7 @@ from dataclasses import replace
 from . import control
 from .commands import CommandBook
 from .control import ControlInput, Decision, FollowMonitor, SetpointSources
+from .control.services.allocation import GridServices
 from .control.sources import SetpointAge
 from .cycle import CycleStats
 from .drivers.base import BmsCommand, InverterCommand
@@ -51,6 +52,7 @@ class Node:
         self.sources = SetpointSources(params.staleness.setpoint_s)
         self.setpoint_age = SetpointAge()  # decision of the setpoint's origin -> our inverter command
         self.responses = tuple(responses)  # additive controllers (frequency response, …)
+        self.grid_services = GridServices()  # the leader's reserve allocation: frequency responses
         self.executor = CommandExecutor(self)
         self.stop = OrderlyStop()
         safety = params.safety
@@ -115,7 +117,7 @@ class Node:
             image=image, state=self.states.state, mode=self.mode, critical=self.errors.run_blocker(),
             prev_base_w=prev_base, dt_s=self.params.cycle.period_s, params=self.params, rated_w=self.rated_w,
             stop_phase=self.stop.phase, stop_ramp_w_per_s=self.stop.ramp_w_per_s,
-            stop_keep_open=self.stop.keep_open, responses=self.responses,
+            stop_keep_open=self.stop.keep_open, responses=self.responses + self.grid_services.responses(image.t),
         )
 
     def _write(self, decision: Decision) -> None:

@@ -157,6 +157,8 @@ class ClusterParams(Strict):
     lease_s: float = Field(1.5, ge=0.2, le=10, description="a leader dispatches only while it heard a quorum this recently")
     dispatch_valid_s: float = Field(0.3, ge=0.1, le=10, description="a node executes a cluster setpoint this long")
     status_stale_s: float = Field(1.0, gt=0, le=30, description="a member silent this long is offline")
+    reserve_valid_s: float = Field(300.0, ge=10, le=3600, description="a node keeps its grid-service allocation "
+                                   "this long after it last heard a leader")
 
     @field_validator("members")
     @classmethod

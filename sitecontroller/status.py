@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .control.services import frequency_hz
+
 
 @dataclass(frozen=True, slots=True)
 class LimitsStatus:
@@ -72,6 +74,8 @@ class NodeStatus:
     role: str = "alone"  # "leader" | "follower" | "candidate" in a cluster; "alone" without one
     term: int | None = None  # the Raft term this node is in (None: no cluster)
     setpoint_age_ms: dict[str, float] | None = None  # origin's decision -> inverter command: p50, p99, max, n
+    grid_services: dict[str, Any] | None = None  # the node's reserve allocation and responses (None: none)
+    freq_hz: float | None = None  # the node's frequency measurement (inverter, else meter)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,4 +125,6 @@ def snapshot(node) -> NodeStatus:
         role="alone" if node.cluster is None else node.cluster.role,
         term=None if node.cluster is None else node.cluster.consensus.term,
         setpoint_age_ms=node.setpoint_age.summary(),
+        grid_services=node.grid_services.status(now) if node.grid_services.term is not None else None,
+        freq_hz=None if img is None else frequency_hz(img),
     )

@@ -6,8 +6,9 @@ The same object runs on the leader (``service.py``) and in the day simulation
 Each cycle: parse the mode parameters of the replicated state (once per change; a state the
 mode cannot read, e.g. written by another version, falls back to ``passive`` and says why),
 start the mode bumplessly when the mode or its parameters changed or this node just became
-leader, step it on the image with the cluster limits in it (so a loop's window is the real
-one), then narrow: a non-finite target is 0 W, the cluster limits cap it, each node's mode
+leader, step it on the image with the cluster limits in it and each node's caps less the
+headroom its grid-service reserve holds (``reserve.py``; so a loop's window is the real one),
+then narrow: a non-finite target is 0 W, the cluster limits cap it, each node's mode
 constraint (``node_limits``) can only lower that node's own limits, and ``dispatch.py``
 respects every node's limits exactly. A mode that raises is a bug: the cluster goes to
 ``passive`` (0 W, the error logged once and in the note) and keeps dispatching, so every node
@@ -24,6 +25,7 @@ import math
 from dataclasses import dataclass, replace
 
 from ..dispatch import Dispatch, DispatchParams, dispatch, dispatch_reactive
+from ..reserve import Reserve, allocate, without_reserve
 from ..state import ClusterState
 from . import MODES, grid_forming, parse_params
 from .base import ClusterImage, ModeResult
@@ -40,6 +42,7 @@ class Step:
     dispatch: Dispatch     # the split over the nodes
     q_setpoints: dict[str, float]  # the mode's reactive power over the nodes that can give it, var
     unplaced_var: float = 0.0
+    reserve: Reserve = Reserve()  # the grid services' allocation (its headroom is kept from the dispatch)
 
 
 class ModeRunner:
@@ -71,6 +74,8 @@ class ModeRunner:
     def step(self, state: ClusterState, image: ClusterImage) -> Step:
         if state.limits is not None:
             image = replace(image, limit_charge_w=state.limits["charge_w"], limit_discharge_w=state.limits["discharge_w"])
+        reserve = allocate(state.services, image.nodes)
+        image = replace(image, nodes=without_reserve(image.nodes, reserve))  # the mode sees what it may use
         try:
             if state.version != self._version or self._key is None:  # parameters change only with the version
                 self._version = state.version
@@ -100,7 +105,7 @@ class ModeRunner:
         nodes = _narrow(image, result.node_limits)
         self._dispatch = dispatch(target, nodes, self.dispatch_params, self._dispatch)
         q_setpoints, unplaced_var = dispatch_reactive(result.target_var, nodes)
-        return Step(name, result, target, self._dispatch, q_setpoints, unplaced_var)
+        return Step(name, result, target, self._dispatch, q_setpoints, unplaced_var, reserve)
 
     def _island_step(self, image: ClusterImage) -> ModeResult | None:
         if not self.backup or self._mode is grid_forming:

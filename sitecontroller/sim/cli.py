@@ -6,6 +6,7 @@
     sitecontroller sim fault --clear             # every knob back to normal
     sitecontroller sim state                     # SOC, power, contactors of the simulated plant
     sitecontroller sim fault --node node2 inverter tripped   # a site (run-sim --nodes N): one node's devices
+    sitecontroller sim frequency step-49.5        # play a grid frequency profile (--list: the built-in ones)
 
 Without --params/--endpoint these reach the simulator `scripts/run-sim` starts
 (its default parameter file's `simulation.endpoint`, or the site simulator of
@@ -141,6 +142,33 @@ def cmd_state(args) -> int:
     return 0
 
 
+def cmd_frequency(args) -> int:
+    from . import frequency
+
+    if args.list:
+        for name in frequency.names():
+            print(f"{name:<16} {frequency.load(name).description}")
+        return 0
+    if args.trace:
+        print(json.dumps(_ask(args, {"op": "trace"})["trace"]))
+        return 0
+    if args.stop:
+        _ask(args, {"op": "frequency"})
+        print("frequency profile stopped: the grid's own frequency again")
+        return 0
+    if not args.profile:
+        print("sitecontroller sim frequency: name a PROFILE (--list shows them), or --stop / --trace", file=sys.stderr)
+        return 2
+    try:
+        profile = frequency.load(args.profile)
+    except frequency.ProfileError as exc:
+        print(f"sitecontroller sim frequency: {exc}", file=sys.stderr)
+        return 2
+    reply = _ask(args, {"op": "frequency", "profile": profile.to_json(), "name": profile.name})
+    print(f"playing {reply['name']} ({reply['duration_s']:.0f} s): {profile.description}")
+    return 0
+
+
 def add_sim_parser(sub) -> None:
     """Add the `sim` command (with faults, fault, state) to the `sitecontroller` subparsers."""
     sim = sub.add_parser("sim", help="talk to a running simulator process: fault knobs, plant state",
@@ -166,5 +194,11 @@ def add_sim_parser(sub) -> None:
                    help="new value: true/false, a number, a text, none, or racks (all, none, 0,1); "
                         "default true (actions: their default)")
     p.add_argument("--clear", action="store_true", help="put every knob back to its normal value")
+    p = talk("frequency", "play a grid frequency profile on the simulator (every meter and inverter measures it); "
+             "--trace: what the site did meanwhile (time, frequency, each inverter's power) as JSON", cmd_frequency)
+    p.add_argument("profile", nargs="?", metavar="PROFILE", help="a built-in profile (--list) or a JSON file")
+    p.add_argument("--list", action="store_true", help="the built-in profiles, one line each")
+    p.add_argument("--stop", action="store_true", help="stop the profile playing")
+    p.add_argument("--trace", action="store_true", help="print the trace of the last profile played (JSON)")
     p = talk("state", "print the simulated plant: SOC, inverter power, grid power, contactors", cmd_state)
     p.add_argument("--json", action="store_true", help="one JSON object (soc, p_w, setpoint_p_w, grid_p_w, ...)")

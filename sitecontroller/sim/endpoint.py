@@ -13,6 +13,11 @@ request and per reply, like the node's control endpoint:
     {"op": "plant"}                     -> {"ok": true, "plant": {"soc", "p_w", "setpoint_p_w", "grid_p_w",
                                                                   "contactor_closed", ...}}
 
+    {"op": "frequency", "profile": {...}}   play a frequency profile (sim/frequency.py) from now
+                                        -> {"ok": true, "name", "duration_s"};  {"op": "frequency"}: stop it
+    {"op": "trace"}                     -> {"ok": true, "trace": {"name", "started_wall", "t_s": [...],
+                                            "hz": [...], "p_w": {node: [...]}}} (the last profile played)
+
 Errors: {"ok": false, "error": "one line that names the device, knob and allowed values"}.
 
 A simulator of several nodes (a site behind one meter) also answers `ping` with
@@ -30,6 +35,7 @@ import logging
 import os
 
 from ..json_endpoint import JsonEndpoint, ask
+from . import frequency
 from .knobs import KnobError
 
 log = logging.getLogger("sitecontroller.sim.endpoint")
@@ -84,8 +90,10 @@ class SimControlServer(JsonEndpoint):
                 reply["nodes"] = [{"node_id": q.identity.node_id, "params": str(f)}
                                   for q, f in zip(self.site.params_list, files)]
             return reply
+        if op in ("frequency", "trace"):
+            return self._frequency(op, request)
         if op not in ("knobs", "set", "clear", "plant"):
-            return {"ok": False, "error": f"unknown op {op!r}; allowed: ping, knobs, set, clear, plant"}
+            return {"ok": False, "error": f"unknown op {op!r}; allowed: ping, knobs, set, clear, plant, frequency, trace"}
         knobs = self.site.knob_scope(node)  # an unknown node: KnobError, one line naming the known ones
         where = f" at {node}" if node else ""
         if op == "knobs":
@@ -104,6 +112,30 @@ class SimControlServer(JsonEndpoint):
         if node is None and self.site.site_plant is not None:
             return {"ok": True, "plant": site_state(self.site.site_plant)}
         return {"ok": True, "plant": plant_state(self.site.plants[node] if node else self.site.plant)}
+
+
+    def _frequency(self, op: str, request: dict) -> dict:
+        grid = (self.site.site_plant or self.site.plant).grid
+        if op == "trace":
+            player = grid.player
+            if player is None:
+                return {"ok": False, "error": "no frequency profile has been played"}
+            nodes = sorted({k for _, _, p in player.trace for k in p})
+            return {"ok": True, "trace": {
+                "name": player.profile.name, "started_wall": player.started_wall, "playing": grid.playing,
+                "t_s": [t for t, _, _ in player.trace], "hz": [f for _, f, _ in player.trace],
+                "p_w": {n: [p.get(n) for _, _, p in player.trace] for n in nodes}}}
+        if request.get("profile") is None:
+            grid.player = None
+            log.warning("frequency profile stopped")
+            return {"ok": True, "name": None, "duration_s": 0.0}
+        try:
+            profile = frequency.parse(request["profile"], str(request.get("name") or "profile"))
+        except frequency.ProfileError as exc:
+            return {"ok": False, "error": str(exc)}
+        grid.player = frequency.Player(profile, self.site.clock.wall())
+        log.warning("frequency profile %s playing (%.0f s)", profile.name, profile.duration_s)
+        return {"ok": True, "name": profile.name, "duration_s": profile.duration_s}
 
 
 class SimUnreachable(Exception):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .frequency import Player
     from .site_plant import SitePlant
 
 # LFP open-circuit voltage per cell against SOC (typical published curve shape).
@@ -239,15 +240,27 @@ class Grid:
     freq_hz: float = 50.0
     freq_offset_hz: float = 0.0  # knob: a frequency event for grid-service tests
     lost: bool = False  # knob: the grid is gone (a blackout at the connection point; see SitePlant.step)
+    player: "Player | None" = field(default=None, repr=False)  # a frequency profile playing (sim/frequency.py)
 
     def step(self, rng: random.Random, dt_s: float) -> None:
         # a slow, bounded random walk around nominal (±0.1 Hz)
         drift = (self.nominal_hz - self.freq_hz) * min(1.0, dt_s / 30) + rng.gauss(0, 0.002) * math.sqrt(dt_s)
         self.freq_hz = min(self.nominal_hz + 0.1, max(self.nominal_hz - 0.1, self.freq_hz + drift))
+        if self.playing:
+            self.player.advance(dt_s)
+
+    @property
+    def playing(self) -> bool:
+        return self.player is not None and not self.player.done
 
     @property
     def measured_hz(self) -> float:
-        return self.freq_hz + self.freq_offset_hz
+        return (self.player.hz if self.playing else self.freq_hz) + self.freq_offset_hz
+
+    def trace(self, powers: dict[str, float]) -> None:
+        """Record the inverters' power (node id -> W) at this step while a profile plays."""
+        if self.playing:
+            self.player.record(powers)
 
 
 @dataclass
@@ -321,6 +334,7 @@ class Plant:
         self.solar.step(self.rng, dt_s)
         self.load.step(self.rng, dt_s)
         self.step_node(dt_s)
+        self.grid.trace({"node": self.inverter.p_w})
 
     def step_node(self, dt_s: float) -> None:
         """This node's own devices only: the inverter moves power through the battery."""

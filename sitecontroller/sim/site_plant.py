@@ -62,10 +62,11 @@ class SitePlant:
             node.wall_s = self.wall_s
         if self.grid.lost:
             self._island(dt_s)
-            return
-        self.unserved_w = self.curtailed_w = 0.0
-        for node in self.nodes.values():
-            node.step_node(dt_s)
+        else:
+            self.unserved_w = self.curtailed_w = 0.0
+            for node in self.nodes.values():
+                node.step_node(dt_s)
+        self.grid.trace({node_id: node.inverter.p_w for node_id, node in self.nodes.items()})
 
     def _island(self, dt_s: float) -> None:
         """The grid is lost. The forming inverters carry load - PV, shared in proportion to their

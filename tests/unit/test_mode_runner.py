@@ -15,6 +15,7 @@ from mastercontroller.control.base import ClusterImage, ModeResult
 from mastercontroller.control.runner import ModeRunner
 from mastercontroller.dispatch import DispatchParams, NodeView
 from mastercontroller.state import ClusterState
+from sitecontroller.control.services import SERVICES
 
 from .mode_rows import WALL0
 
@@ -31,6 +32,8 @@ SAMPLE_PARAMS = {
     "cost_saving": [{"prices": [{"start": f"2026-05-28T{h:02d}:00:00+00:00", "price": 0.1 + 0.02 * (h % 7)}
                                 for h in range(24)]}],
 }
+SERVICES_HELD = {"ffr": {"capacity_w": 2000.0, "params": {"activation_hz": 49.5}},
+                 "fcr_n": {"capacity_w": 1500.0, "params": {}}, "fcr_d_down": {"capacity_w": 3000.0, "params": {}}}
 RESERVE = {"self_consumption": "reserve_soc", "load_matching": "reserve_soc", "grid_forming": "backup_reserve_soc"}
 
 
@@ -63,8 +66,9 @@ def test_setpoints_never_leave_any_limit(seed):
         if cycle % 40 == 0:
             mode = rng.choice(modes)
             limits = rng.choice([None, {"charge_w": rng.uniform(0, 6000), "discharge_w": rng.uniform(0, 6000)}])
+            services = rng.choice([None, SERVICES_HELD])
             state = ClusterState(mode=mode, mode_params=rng.choice(SAMPLE_PARAMS[mode]), limits=limits,
-                                 version=state.version + 1)
+                                 version=state.version + 1, services=services)
         image = _random_image(rng, float(cycle))
         step = runner.step(state, image)
         assert step.mode in (state.mode, "grid_forming")
@@ -84,6 +88,11 @@ def test_setpoints_never_leave_any_limit(seed):
             assert abs(q) <= (n.q_max_var if math.isfinite(n.q_max_var) else 0.0) + 1e-6, (cycle, n, q)
             if not (n.online and n.state == "run"):
                 assert p == 0.0 and q == 0.0
+            held = step.reserve.per_node.get(n.node_id, {})  # the reserve comes on top of the base setpoint
+            up = sum(w for s, w in held.items() if SERVICES[s].direction != "down")
+            down = sum(w for s, w in held.items() if SERVICES[s].direction != "up")
+            assert p + up <= max(0.0, n.discharge_w) + 1e-6 and -p + down <= max(0.0, n.charge_w) + 1e-6, \
+                (cycle, step.mode, n, p, held)
             if reserve is not None and not result.grid_forming and n.soc <= reserve:
                 assert p <= 0.0, (cycle, step.mode, n, p)
 

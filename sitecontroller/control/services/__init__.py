@@ -1,0 +1,58 @@
+"""Grid services at the node: frequency response controllers, one file each (DESIGN §2.8).
+
+`SERVICES` names each service the cluster can hold (`sitecontroller cluster service NAME`):
+its direction ("up": discharge only, "down": charge only, "both"), its parameters and its
+controller. `parse_params` is the one check of a service's parameters (the command edge and
+the node use it). `frequency_hz(image)` is the node's measurement; `node.py`'s `GridServices`
+turns the leader's allocation into the additive responses `decide` applies.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pydantic import ValidationError
+
+from . import droop, fcr_d, fcr_n, ffr
+from .base import ServiceParams
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    direction: str  # "up" (discharge), "down" (charge) or "both"
+    Params: type[ServiceParams]
+    Controller: Callable
+    what: str
+
+
+SERVICES = {s.name: s for s in (
+    Service("ffr", "up", ffr.Params, ffr.Controller, "fast frequency reserve: full power at the activation level"),
+    Service("fcr_d_up", "up", fcr_d.UpParams, fcr_d.Controller, "FCR-D up: linear 49.9 -> 49.5 Hz"),
+    Service("fcr_d_down", "down", fcr_d.DownParams, fcr_d.Controller, "FCR-D down: linear 50.1 -> 50.5 Hz"),
+    Service("fcr_n", "both", fcr_n.Params, fcr_n.Controller, "FCR-N: linear 49.9 .. 50.1 Hz"),
+    Service("droop", "both", droop.Params, droop.Controller, "droop curve with thresholds f1 < f2 < f3 < f4"),
+)}
+
+
+def parse_params(name: str, raw) -> ServiceParams:
+    """The service's validated parameters, or ValueError naming the service, the field and the rule."""
+    if name not in SERVICES:
+        raise ValueError(f"service: unknown service {name!r}; known: {', '.join(SERVICES)}")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{name}: parameters must be an object")
+    try:
+        return SERVICES[name].Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()]
+        raise ValueError(f"{name}: " + "; ".join(problems)) from None
+
+
+def frequency_hz(image) -> float | None:
+    """The node's frequency measurement: its inverter's (read with its power, on the node's own
+    connection), else the site meter's; None when neither is fresh (the image holds only fresh
+    readings) or reports one."""
+    for reading in (image.inverter, image.meter):
+        if reading is not None and reading.freq_hz is not None:
+            return reading.freq_hz
+    return None

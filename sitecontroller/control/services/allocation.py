@@ -1,0 +1,90 @@
+"""The node's share of the cluster's frequency reserve, and the responses it makes of it.
+
+The leader allocates each node a capacity per service (`mastercontroller/reserve.py`) and sends
+it with every dispatch, stamped with its Raft term. The node keeps the newest allocation (a
+higher term replaces it; an older one is ignored) for `valid_s` after it last heard it — minutes,
+so a leader failover never interrupts a response — and drops it when that runs out (the reserve
+is then the new leader's to place). Each allocated service becomes an additive response: its
+controller's fraction of the allocated capacity, on the node's own frequency measurement.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from . import SERVICES, frequency_hz, parse_params
+
+log = logging.getLogger("sitecontroller.services")
+
+
+@dataclass
+class ServiceResponse:
+    """One allocated service as a `decide` response: capacity x its controller's fraction."""
+
+    name: str
+    capacity_w: float
+    controller: object
+    params_key: str
+    last_w: float = 0.0
+
+    def term_w(self, image) -> float:
+        self.last_w = self.capacity_w * self.controller.step(image.t, frequency_hz(image))
+        return self.last_w
+
+
+class GridServices:
+    def __init__(self):
+        self.term: int | None = None
+        self.valid_until: float | None = None
+        self.active: dict[str, ServiceResponse] = {}
+        self.rejected: dict[str, str] = {}  # service -> why this node cannot run what it was given
+
+    def allocate(self, allocation: dict[str, float], params: dict[str, dict], term: int, now: float,
+                 valid_s: float) -> None:
+        """The leader's allocation for this node ({service: W}) with every service's parameters."""
+        if self.term is not None and term < self.term:
+            return
+        self.term, self.valid_until = term, now + valid_s
+        keep = {}
+        for name, capacity in allocation.items():
+            if capacity <= 0 or name not in SERVICES:
+                continue
+            raw = params.get(name, {})
+            key = json.dumps(raw, sort_keys=True)
+            current = self.active.get(name)
+            if current is not None and current.params_key == key:  # same service: keep its state (an event)
+                current.capacity_w = capacity
+                keep[name] = current
+                continue
+            try:
+                controller = SERVICES[name].Controller(parse_params(name, raw))
+            except ValueError as exc:  # a leader of another version: say it, run the rest
+                if self.rejected.get(name) != str(exc):
+                    log.error("grid service %s not run: %s", name, exc)
+                self.rejected[name] = str(exc)
+                continue
+            self.rejected.pop(name, None)
+            keep[name] = ServiceResponse(name, capacity, controller, key)
+        for name in set(self.active) - set(keep):
+            log.info("grid service %s: no allocation any more", name)
+        for name in set(keep) - set(self.active):
+            log.info("grid service %s: %.0f W allocated (term %d)", name, keep[name].capacity_w, term)
+        self.active = keep
+
+    def responses(self, now: float) -> tuple[ServiceResponse, ...]:
+        if self.valid_until is not None and now >= self.valid_until:
+            if self.active:
+                log.warning("grid services: the allocation of term %s expired (no leader heard): reserve released",
+                            self.term)
+            self.active, self.valid_until = {}, None
+        return tuple(self.active.values())
+
+    def status(self, now: float) -> dict:
+        return {
+            "term": self.term,
+            "expires_in_s": None if self.valid_until is None else round(max(0.0, self.valid_until - now), 1),
+            "services": {n: {"capacity_w": r.capacity_w, "response_w": round(r.last_w, 1)}
+                         for n, r in self.active.items()},
+            "rejected": dict(self.rejected),
+        }
