@@ -72,9 +72,10 @@ def test_bad_parameters_are_refused_naming_the_field(name, params, says):
         parse_params(name, params)
 
 
-def test_frequency_from_the_inverter_else_the_meter_else_none():
-    inv, meter = InverterReading(t=0, p_w=0, freq_hz=49.8), MeterReading(t=0, p_w=0, freq_hz=50.1)
+def test_frequency_from_the_newest_reading_that_has_one():
+    inv, meter = InverterReading(t=1.0, p_w=0, freq_hz=49.8), MeterReading(t=0.9, p_w=0, freq_hz=50.1)
     assert frequency_hz(ProcessImage(0, 0, None, inv, meter)) == 49.8
+    assert frequency_hz(ProcessImage(0, 0, None, inv, MeterReading(t=1.1, p_w=0, freq_hz=50.1))) == 50.1
     assert frequency_hz(ProcessImage(0, 0, None, None, meter)) == 50.1
     assert frequency_hz(ProcessImage(0, 0, None, InverterReading(t=0, p_w=0), None)) is None
 

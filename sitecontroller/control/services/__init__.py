@@ -49,10 +49,8 @@ def parse_params(name: str, raw) -> ServiceParams:
 
 
 def frequency_hz(image) -> float | None:
-    """The node's frequency measurement: its inverter's (read with its power, on the node's own
-    connection), else the site meter's; None when neither is fresh (the image holds only fresh
-    readings) or reports one."""
-    for reading in (image.inverter, image.meter):
-        if reading is not None and reading.freq_hz is not None:
-            return reading.freq_hz
-    return None
+    """The node's frequency measurement: the newest of its inverter's and its meter's readings
+    that has one (each device polled at its own rate; the faster one decides how soon a step is
+    seen); None when neither is fresh (the image holds only fresh readings) or reports one."""
+    readings = [r for r in (image.inverter, image.meter) if r is not None and r.freq_hz is not None]
+    return max(readings, key=lambda r: r.t).freq_hz if readings else None
