@@ -329,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     from mastercontroller.cli import add_cluster_parser  # `sitecontroller cluster keygen|status|setpoint`
 
     add_cluster_parser(sub, talk)
+    from .grid_events import add_parser as add_grid_event_parser  # `sitecontroller grid-event` (evidence)
+
+    add_grid_event_parser(sub)
     from mastercontroller.simulate.cli import add_simulate_parser  # `sitecontroller simulate` (a simulated day)
 
     add_simulate_parser(sub)

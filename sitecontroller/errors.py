@@ -54,6 +54,10 @@ NODE_CODES: dict[str, tuple[str, str]] = {
     "BMS_ALARM": (WARNING, "the BMS reports an alarm"),
     "INV_NOT_FOLLOWING": (CRITICAL, "the inverter delivers more power than commanded, or the other direction"),
     "INV_UNDERDELIVERING": (WARNING, "the inverter delivers less power than commanded"),
+    "RESERVE_ENDURANCE": (WARNING, "the grid-service reserve allocated to this node needs more energy than the "
+                                   "battery holds for the service's endurance"),
+    "RESERVE_STALE": (WARNING, "no leader has refreshed this node's grid-service allocation: it holds the last one "
+                               "until it expires"),
     "UNCLEAN_EXIT": (WARNING, "the previous run did not exit cleanly (crash, kill, power loss): see node.log and the audit log"),
 }
 

@@ -15,17 +15,20 @@ from dataclasses import replace
 from . import control
 from .commands import CommandBook
 from .control import ControlInput, Decision, FollowMonitor, SetpointSources
+from .control.services import frequency_hz
 from .control.services.allocation import GridServices
 from .control.sources import SetpointAge
 from .cycle import CycleStats
 from .drivers.base import BmsCommand, InverterCommand
 from .drivers.factory import Devices
 from .errors import ErrorRegistry
+from .grid_events import EventRecorder
 from .executor import CommandExecutor
 from .orderly_stop import OrderlyStop
 from .process_image import ProcessImage, freeze
 from .state_machine import NodeStateMachine
 from .status import NodeStatus, snapshot
+from .writer import SyncWriter
 
 log = logging.getLogger("sitecontroller.node")
 
@@ -53,6 +56,7 @@ class Node:
         self.setpoint_age = SetpointAge()  # decision of the setpoint's origin -> our inverter command
         self.responses = tuple(responses)  # additive controllers (frequency response, …)
         self.grid_services = GridServices()  # the leader's reserve allocation: frequency responses
+        self.grid_events = EventRecorder(params.identity.node_id, data, writer or SyncWriter(), params.cycle.period_s)
         self.executor = CommandExecutor(self)
         self.stop = OrderlyStop()
         safety = params.safety
@@ -108,6 +112,8 @@ class Node:
             self.sources[name].withdraw()
         self.image = image = replace(image, setpoints=fresh, setpoints_expired=expired)
         self._write(control.decide(self.control_input(image)))
+        self.grid_events.observe(image.wall, now, frequency_hz(image), self.decision,
+                                 image.inverter.p_w if image.inverter else None, self.grid_services.responses(now))
 
     def control_input(self, image: ProcessImage) -> ControlInput:
         prev = self.decision
@@ -167,6 +173,10 @@ class Node:
             image, self.params.safety, grace_over=grace_over,
             uncontrolled_s=uncontrolled_s if uncontrolled_s >= UNCONTROLLED_LIMIT_S else 0.0,
         ))
+        bms, safety = image.bms, self.params.safety
+        self.errors.sync("grid services", self.grid_services.problems(
+            now, None if bms is None else bms.soc, self.params.battery.capacity_wh * (bms.soh if bms else 1.0),
+            safety.soc_reserve, safety.soc_max))
         prev = self.decision
         commanded = None if prev is None else (prev.setpoint_w if prev.inverter_run else 0.0)
         # INV_WRITE_FAILED: the inverter family's issue for a refused or unconfirmed write

@@ -25,6 +25,7 @@ class ServiceResponse:
     name: str
     capacity_w: float
     controller: object
+    controller_params: object
     params_key: str
     last_w: float = 0.0
 
@@ -37,6 +38,7 @@ class GridServices:
     def __init__(self):
         self.term: int | None = None
         self.valid_until: float | None = None
+        self.heard: float | None = None  # when a leader last sent it
         self.active: dict[str, ServiceResponse] = {}
         self.rejected: dict[str, str] = {}  # service -> why this node cannot run what it was given
 
@@ -45,7 +47,7 @@ class GridServices:
         """The leader's allocation for this node ({service: W}) with every service's parameters."""
         if self.term is not None and term < self.term:
             return
-        self.term, self.valid_until = term, now + valid_s
+        self.term, self.valid_until, self.heard = term, now + valid_s, now
         keep = {}
         for name, capacity in allocation.items():
             if capacity <= 0 or name not in SERVICES:
@@ -58,14 +60,15 @@ class GridServices:
                 keep[name] = current
                 continue
             try:
-                controller = SERVICES[name].Controller(parse_params(name, raw))
+                parsed = parse_params(name, raw)
+                controller = SERVICES[name].Controller(parsed)
             except ValueError as exc:  # a leader of another version: say it, run the rest
                 if self.rejected.get(name) != str(exc):
                     log.error("grid service %s not run: %s", name, exc)
                 self.rejected[name] = str(exc)
                 continue
             self.rejected.pop(name, None)
-            keep[name] = ServiceResponse(name, capacity, controller, key)
+            keep[name] = ServiceResponse(name, capacity, controller, parsed, key)
         for name in set(self.active) - set(keep):
             log.info("grid service %s: no allocation any more", name)
         for name in set(keep) - set(self.active):
@@ -79,6 +82,28 @@ class GridServices:
                             self.term)
             self.active, self.valid_until = {}, None
         return tuple(self.active.values())
+
+    def problems(self, now: float, soc: float | None, usable_wh: float, soc_floor: float, soc_ceil: float,
+                 stale_after_s: float = 5.0) -> dict[str, str]:
+        """The node's warnings about its reserve (error id -> text): an allocation no leader has
+        refreshed lately, and services whose endurance the battery's energy cannot cover."""
+        out = {}
+        if self.active and self.heard is not None and now - self.heard >= stale_after_s:
+            out["RESERVE_STALE"] = (f"allocation of term {self.term} last refreshed {now - self.heard:.0f} s ago; "
+                                    f"held for {max(0.0, self.valid_until - now):.0f} s more")
+        if soc is not None and self.active:
+            need = {"up": 0.0, "down": 0.0}
+            for r in self.active.values():
+                direction = SERVICES[r.name].direction
+                for side in ("up", "down"):
+                    if direction in (side, "both"):
+                        need[side] += r.capacity_w * r.controller_params.endurance_s / 3600.0
+            have = {"up": max(0.0, soc - soc_floor) * usable_wh, "down": max(0.0, soc_ceil - soc) * usable_wh}
+            short = [f"{side}: {need[side]:.0f} Wh needed, {have[side]:.0f} Wh available"
+                     for side in ("up", "down") if need[side] > have[side] + 1e-6]
+            if short:
+                out["RESERVE_ENDURANCE"] = "; ".join(short) + " (the leader moves the reserve to nodes that have it)"
+        return out
 
     def status(self, now: float) -> dict:
         return {
