@@ -54,6 +54,8 @@ MODE_PARAMS = {
     "local": (None, None),
 }
 NODE_POINTS, CLUSTER_POINTS = ("NodeWSet",), ("ClTgtWSet", "ModeSel")
+# SunSpec control points whose write is a power request (reactive power, revert times: stored only)
+POWER_SOURCES = ("p_w", "p_enable", "p_pct", "window_out_pct", "window_in_pct", "run", "stop")
 STORED_POINTS = ("ModeParW", "ModeParSoC")  # kept for the next ModeSel write
 
 
@@ -65,20 +67,24 @@ class ScadaControl:
         self.profile = profile
         self.values = values
         self.timeout_s = params.heartbeat_timeout_s
-        self.sunspec_points = frozenset(w.point for w in profile.writes)
+        self.sunspec_points = frozenset(w.point for w in profile.writes)  # what decode_command reads
+        self.power_points = frozenset(w.point for w in profile.writes if w.source in POWER_SOURCES)
         self.write_enable = False
         self.state = IDLE
         self.deadline: float | None = None
         self.last_beat: int | None = None
         self.holding: set[str] = set()  # "node" and/or "cluster": what SCADA steers now
         self.previous_mode: tuple[str, dict] | None = None
+        self.request_w: float | None = None  # SCADA's node setpoint in force (None: none)
         self._cluster_request: tuple[float, float] | None = None  # (target_w, sent at)
 
     # --- what the map shows --------------------------------------------------------------
     def served(self) -> dict:
-        src = self.node.sources["scada"].latest()
-        return {"write_enable": int(self.write_enable), "control_state": self.state,
-                "heartbeat_timeout_s": self.timeout_s, "scada_request_w": 0 if src is None else src.p_w}
+        out = {"write_enable": int(self.write_enable), "control_state": self.state,
+               "heartbeat_timeout_s": self.timeout_s}
+        if self.request_w is not None:
+            out["scada_request_w"] = self.request_w
+        return out
 
     # --- the synchronous guard -----------------------------------------------------------
     def check(self, written: dict) -> ExcCodes | None:
@@ -117,6 +123,8 @@ class ScadaControl:
             if ack.status != DONE:
                 log.warning("SCADA %s: write refused by the node: %s", client, ack.detail)
                 return ExcCodes.DEVICE_FAILURE
+            if raw["type"] == "set_power":
+                self.request_w = raw["p_w"]
             self._take_control(what)
         if "Hb" in written:
             self.beat(int(written["Hb"]))
@@ -156,7 +164,7 @@ class ScadaControl:
 
     def _sunspec_setpoint(self, written: dict) -> float | None:
         """The power the SunSpec control points ask for after this write (None: none written)."""
-        if not self.sunspec_points & set(written):
+        if not self.power_points & set(written):
             return None
         merged = {**self.values(sorted(self.sunspec_points)), **written}
         sp = decode_command(self.profile, merged, self.node.rated_w)
@@ -212,6 +220,7 @@ class ScadaControl:
             raws.append({"type": "set_power", "p_w": 0.0, "hold_s": HOLD_ZERO_S})
         elif "node" in holding:
             self.node.sources["scada"].withdraw()
+            self.request_w = None
         if "cluster" in holding and how == "hold_zero":
             raws.append({"type": "cluster_mode", "mode": "passive"})
         elif "cluster" in holding and self.previous_mode is not None:
@@ -220,6 +229,8 @@ class ScadaControl:
         for raw in raws:
             ack = await self._submit(raw | {"id": _cmd_id("scada-fallback"), "source": "scada"})
             log.warning("SCADA fallback %s: %s %s", raw["type"], ack.status, ack.detail)
+            if raw["type"] == "set_power" and ack.status == DONE:
+                self.request_w = 0.0
 
 
 def _cmd_id(prefix: str = "scada") -> str:

@@ -38,17 +38,22 @@ class ScadaService:
         self.control = ScadaControl(node, self.params, profile, values=lambda names: self.server.values(names))
         self.live: dict = {}
         self.server = ScadaServer(profile, host=self.params.host, port=self.params.port, unit_id=self.params.unit_id,
-                                  source=lambda: self.live, control=self.control,
+                                  source=self.served, control=self.control,
                                   allow_write_from=self.params.allow_write_from)
         self.control.profile = self.server.profile  # with the served addresses
         self.refreshes = 0
         self._tasks: list[asyncio.Task] = []
 
+    def served(self) -> dict:
+        """What a read serves: the latest snapshot's values, and the SCADA control's state as it is
+        now (a read right after a write sees that write)."""
+        return {**self.live, **self.control.served()}
+
     def refresh(self) -> None:
         node = self.node
         cluster = node.cluster.cluster_status() if node.cluster is not None else None
         p = node.params
-        self.live = live_values(node.status(), cluster, self.control.served(), rated_w=node.rated_w,
+        self.live = live_values(node.status(), cluster, rated_w=node.rated_w,
                                 capacity_wh=p.battery.capacity_wh)
         self.refreshes += 1
 

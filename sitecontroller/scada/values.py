@@ -1,8 +1,7 @@
 """The live values the SCADA map serves, from the node's latest status snapshot (pure).
 
-`live_values(status, cluster, control)` turns `status --json` (a `NodeStatus.to_dict()`),
-the cluster status (`cluster status --json`, None without a cluster) and the SCADA
-control state into {quantity: value}, the names the map's `sim` keys use
+`live_values(status, cluster)` turns `status --json` (a `NodeStatus.to_dict()`) and the
+cluster status (`cluster status --json`, None without a cluster) into {quantity: value}, the names the map's `sim` keys use
 (registers.toml). A quantity that is unknown (no fresh BMS data, no cluster) is left
 out: its register reads as SunSpec "not implemented". Signs stay ours (SunSpec's too):
 power + = discharge; limits are magnitudes.
@@ -36,7 +35,7 @@ def software_version() -> str:
         return "dev"
 
 
-def live_values(status: dict, cluster: dict | None, control: dict, *, rated_w: float,
+def live_values(status: dict, cluster: dict | None, *, rated_w: float,
                 capacity_wh: float) -> dict:
     lim = status.get("limits") or {}
     bat = status.get("battery")
@@ -49,7 +48,6 @@ def live_values(status: dict, cluster: dict | None, control: dict, *, rated_w: f
         "term": status.get("term"), "rated_w": rated_w, "capacity_wh": capacity_wh,
         "error_count": len(errors), "error_codes": [error_code(e["id"]) for e in errors[:MAX_ERRORS]]
                                                    + [0] * (MAX_ERRORS - min(MAX_ERRORS, len(errors))),
-        **control,
     }
     _put(out, "p_w", status.get("p_w"))
     if status.get("soc") is not None:
