@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..schema_base import Strict
 
@@ -21,6 +21,16 @@ class ScadaParams(Strict):
         30.0, ge=1, le=3600, description="after a SCADA setpoint or mode write, Hb must change within this")
     fallback: Literal["hold_zero", "previous_mode"] = Field(
         "hold_zero", description="heartbeat lost: hold 0 W (cluster: passive), or return to what ran before")
+
+    meter_unit_id: int | None = Field(
+        2, ge=1, le=247, description="the site meter re-served read-only as a Carlo Gavazzi EM24 on this unit id (null: off)")
+
+    @model_validator(mode="after")
+    def _distinct_units(self):
+        if self.meter_unit_id == self.unit_id:
+            raise ValueError(f"meter_unit_id: found {self.meter_unit_id}, the unit_id of the SCADA map; allowed: "
+                             "another unit id, or null (no meter gateway)")
+        return self
 
     @field_validator("host")
     @classmethod

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..drivers import bms, inverter, meter  # noqa: F401  (their error ids join the catalog)
+from ..drivers.modbus import load_profile
 from ..errors import catalog
 from ..sim.modbus_server import ProfileServer
 from . import control  # noqa: F401  (registers SCADA_HEARTBEAT_LOST in the catalog)
@@ -95,6 +96,18 @@ def model_table(profile, sf_values: dict, model_id: int, start: int, length: int
     return lines + [""]
 
 
+def meter_table() -> list[str]:
+    meter = load_profile("em24", kind="meter")
+    lines = ["## Meter gateway (unit `scada.meter_unit_id`, default 2): the site meter as a Carlo Gavazzi EM24", "",
+             "Same port, read-only, the EM24 layout (`drivers/meter/profiles/em24.toml`): INT32 values least",
+             "significant word first; W + = import from the grid. No fresh meter reading at the node: every read",
+             "is answered with exception 0x0B (gateway target failed to respond), never with old values.", "",
+             "| address | point | type | scale | unit | description |", "| --- | --- | --- | --- | --- | --- |"]
+    for p in sorted(meter.points.values(), key=lambda p: p.address):
+        lines.append(f"| {p.address} (0x{p.address:04X}) | {p.name} | {p.type} | {_fmt(p.scale)} | {p.unit} | {p.description} |")
+    return lines + [""]
+
+
 def render() -> str:
     profile = load_map()
     served = ProfileServer(profile, port=1)  # addresses as served (not started)
@@ -105,7 +118,8 @@ def render() -> str:
     for model_id, length in profile.sunspec_models:
         out += model_table(served.profile, sf, model_id, addr, length)
         addr += 2 + length
-    out += [f"End marker 0xFFFF 0x0000 at {addr}.", "", "## Error codes (`Err1`..`Err8`)", "",
+    out += [f"End marker 0xFFFF 0x0000 at {addr}.", ""] + meter_table()
+    out += ["## Error codes (`Err1`..`Err8`)", "",
             "A stable number per error id (CRC-32 of the id, folded to 16 bits); most severe first.", "",
             "| code | id | severity | meaning |", "| --- | --- | --- | --- |"]
     for eid, (severity, text) in sorted(catalog().items()):

@@ -51,8 +51,11 @@ class _PeerTcpServer(ModbusTcpServer):
 class ScadaServer(ProfileServer):
     server_class = _PeerTcpServer
 
-    def __init__(self, profile, *, host: str, port: int, unit_id: int, source, control, allow_write_from):
+    def __init__(self, profile, *, host: str, port: int, unit_id: int, source, control, allow_write_from,
+                 gateways=()):
+        """`gateways`: more ProfileServers served on the same port under their own unit ids."""
         self.control = control
+        self.gateways = tuple(gateways)
         self.allow = tuple(ipaddress.ip_network(c, strict=False) for c in allow_write_from)
         self.refused_clients = 0
         super().__init__(profile, host=host, port=port, unit_id=unit_id, source=source, on_write=self._guard)
@@ -61,6 +64,9 @@ class ScadaServer(ProfileServer):
             for p in self._points[table]:
                 if p.sim is not None:
                     self._na(img["regs"], img["start"], p)
+
+    def _device(self):
+        return [super()._device(), *(g._device() for g in self.gateways)]
 
     def allowed(self, client: str) -> bool:
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..drivers.modbus import load_profile
 from .control import ScadaControl
+from .meter_gateway import MeterGateway, meter_values
 from .server import ScadaServer
 from .values import live_values
 
@@ -37,9 +38,13 @@ class ScadaService:
         profile = load_map()
         self.control = ScadaControl(node, self.params, profile, values=lambda names: self.server.values(names))
         self.live: dict = {}
+        self.meter_live: dict = {}
+        gateways = []
+        if self.params.meter_unit_id is not None:
+            gateways.append(MeterGateway(unit_id=self.params.meter_unit_id, source=lambda: self.meter_live))
         self.server = ScadaServer(profile, host=self.params.host, port=self.params.port, unit_id=self.params.unit_id,
                                   source=self.served, control=self.control,
-                                  allow_write_from=self.params.allow_write_from)
+                                  allow_write_from=self.params.allow_write_from, gateways=gateways)
         self.control.profile = self.server.profile  # with the served addresses
         self.refreshes = 0
         self._tasks: list[asyncio.Task] = []
@@ -55,6 +60,7 @@ class ScadaService:
         p = node.params
         self.live = live_values(node.status(), cluster, rated_w=node.rated_w,
                                 capacity_wh=p.battery.capacity_wh)
+        self.meter_live = meter_values(node.image.meter if node.image is not None else None)
         self.refreshes += 1
 
     async def _refresher(self) -> None:

@@ -72,10 +72,13 @@ class ScadaNode:
         self._log_f.close()
 
     # --- mbpoll ----------------------------------------------------------------------------
-    def mbpoll(self, ref: int, *values: str, count: int = 1, kind: str = "4") -> tuple[int, str]:
-        """Read `count` registers at `ref`, or write `values` there (mbpoll then takes no count)."""
-        cmd = [mbpoll_path(), "-m", "tcp", "-p", str(self.port), "-a", "1", "-0", "-1", "-o", "2", "-B",
-               "-r", str(ref), *([] if values else ["-c", str(count)]), "-t", kind, "127.0.0.1", *values]
+    def mbpoll(self, ref: int, *values: str, count: int = 1, kind: str = "4", unit: int = 1,
+               big_endian: bool = True) -> tuple[int, str]:
+        """Read `count` registers at `ref`, or write `values` there (mbpoll then takes no count).
+        32-bit values: high word first (SunSpec) unless `big_endian` is False (EM24)."""
+        cmd = [mbpoll_path(), "-m", "tcp", "-p", str(self.port), "-a", str(unit), "-0", "-1", "-o", "2",
+               *(["-B"] if big_endian else []), "-r", str(ref), *([] if values else ["-c", str(count)]),
+               "-t", kind, "127.0.0.1", *values]
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
         return r.returncode, r.stdout + r.stderr
 
