@@ -31,10 +31,49 @@ def addr(point: str) -> int:
     return SERVED.point(point).address
 
 
-class ScadaNode:
+class ScadaClient:
+    """mbpoll against the SCADA server on 127.0.0.1:`port`, by point name."""
+
+    def __init__(self, port: int):
+        self.port = port
+
+    def mbpoll(self, ref: int, *values: str, count: int = 1, kind: str = "4", unit: int = 1,
+               big_endian: bool = True) -> tuple[int, str]:
+        """Read `count` registers at `ref`, or write `values` there (mbpoll then takes no count).
+        32-bit values: high word first (SunSpec) unless `big_endian` is False (EM24)."""
+        cmd = [mbpoll_path(), "-m", "tcp", "-p", str(self.port), "-a", str(unit), "-0", "-1", "-o", "2",
+               *(["-B"] if big_endian else []), "-r", str(ref), *([] if values else ["-c", str(count)]),
+               "-t", kind, "127.0.0.1", *values]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return r.returncode, r.stdout + r.stderr
+
+    def read(self, point: str, count: int | None = None) -> list[int]:
+        p = SERVED.point(point)
+        kind = {"int32": "4:int", "uint32": "4:int", "int16": "4"}.get(p.type, "4")
+        n = count or (1 if kind == "4:int" else p.count)
+        rc, out = self.mbpoll(p.address, count=n, kind=kind)
+        assert rc == 0, out
+        values = [int(v) for _, v in LINE.findall(out)]
+        if p.type == "int16":
+            values = [v - 65536 if v > 32767 else v for v in values]
+        return values
+
+    def write(self, point: str, *values: int) -> tuple[int, str]:
+        """mbpoll writes `values` at the point's address (16-bit, or one 32-bit int for int32/uint32)."""
+        p = SERVED.point(point)
+        kind = "4:int" if p.type in ("int32", "uint32") else "4"
+        return self.mbpoll(p.address, *(str(v) for v in values), kind=kind)
+
+    def read_text(self, point: str) -> str:
+        """A SunSpec string point: two characters per register, NUL padded."""
+        raw = b"".join(v.to_bytes(2, "big") for v in self.read(point))
+        return raw.rstrip(b"\0").decode()
+
+
+class ScadaNode(ScadaClient):
     def __init__(self, tmp_path: Path, example: str = "sim_node1_inproc.json", **scada):
         data = isolated_example(example, tmp_path)
-        self.port = free_tcp_port()
+        super().__init__(free_tcp_port())
         data["scada"] = {"enabled": True, "port": self.port, "heartbeat_timeout_s": 2.0, **scada}
         self.params_file = tmp_path / "params.json"
         self.params_file.write_text(json.dumps(data))
@@ -70,35 +109,6 @@ class ScadaNode:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(5)
         self._log_f.close()
-
-    # --- mbpoll ----------------------------------------------------------------------------
-    def mbpoll(self, ref: int, *values: str, count: int = 1, kind: str = "4", unit: int = 1,
-               big_endian: bool = True) -> tuple[int, str]:
-        """Read `count` registers at `ref`, or write `values` there (mbpoll then takes no count).
-        32-bit values: high word first (SunSpec) unless `big_endian` is False (EM24)."""
-        cmd = [mbpoll_path(), "-m", "tcp", "-p", str(self.port), "-a", str(unit), "-0", "-1", "-o", "2",
-               *(["-B"] if big_endian else []), "-r", str(ref), *([] if values else ["-c", str(count)]),
-               "-t", kind, "127.0.0.1", *values]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
-        return r.returncode, r.stdout + r.stderr
-
-    def read(self, point: str, count: int | None = None) -> list[int]:
-        p = SERVED.point(point)
-        kind = {"int32": "4:int", "uint32": "4:int", "int16": "4"}.get(p.type, "4")
-        n = count or (1 if kind == "4:int" else p.count)
-        rc, out = self.mbpoll(p.address, count=n, kind=kind)
-        assert rc == 0, out
-        values = [int(v) for _, v in LINE.findall(out)]
-        if p.type == "int16":
-            values = [v - 65536 if v > 32767 else v for v in values]
-        return values
-
-    def write(self, point: str, *values: int) -> tuple[int, str]:
-        """mbpoll writes `values` at the point's address (16-bit, or one 32-bit int for int32/uint32)."""
-        p = SERVED.point(point)
-        kind = "4:int" if p.type in ("int32", "uint32") else "4"
-        return self.mbpoll(p.address, *(str(v) for v in values), kind=kind)
-
 
 def exception_in(out: str) -> str | None:
     """The Modbus exception mbpoll reports, by its libmodbus text (None: none)."""
