@@ -13,6 +13,8 @@ from sitecontroller.scada.meter_gateway import MeterGateway, meter_values
 from tests.protocol.scada_rig import LINE, ScadaNode
 from tests.util import async_wait_until, free_tcp_port
 
+pytestmark = pytest.mark.slow  # a node process
+
 
 @pytest.fixture
 def node(tmp_path):

@@ -12,6 +12,8 @@ from sitecontroller.drivers.inverter.modbus_inverter import ModbusInverter
 from tests.protocol.scada_rig import ScadaNode
 from tests.util import async_wait_until
 
+pytestmark = pytest.mark.slow  # a node process
+
 
 @pytest.fixture
 def node(tmp_path):

@@ -1,17 +1,16 @@
 """SCADA reads by third-party clients: mbpoll and the pysunspec2 SunSpec client read a running
-node's map; the values are those of `status --json`; REGISTERS.md is what the code serves."""
+node's map; the values are those of `status --json`."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
 import pytest
 import sunspec2.modbus.client as sunspec_client
 
 from sitecontroller.scada.values import MAP_VERSION, error_code
 from tests.protocol.scada_rig import ScadaNode
-from tests.util import REPO
+
+pytestmark = pytest.mark.slow  # a node process
 
 
 @pytest.fixture
@@ -22,12 +21,6 @@ def node(tmp_path):
         yield n
     finally:
         n.kill()
-
-
-def test_registers_md_is_generated_from_the_map():
-    r = subprocess.run([sys.executable, "-m", "sitecontroller.scada.docs", "--check"], capture_output=True,
-                       text=True, cwd=REPO, timeout=30)
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mbpoll_discovers_the_sunspec_chain_and_reads_node_values(node):

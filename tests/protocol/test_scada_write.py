@@ -11,6 +11,8 @@ from pymodbus.pdu import ExceptionResponse
 
 from tests.protocol.scada_rig import ScadaNode, exception_in, pymodbus_write, run
 
+pytestmark = pytest.mark.slow  # a node process
+
 
 def start(tmp_path, **scada) -> ScadaNode:
     n = ScadaNode(tmp_path, **scada)
