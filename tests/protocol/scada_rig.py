@@ -1,28 +1,24 @@
 """A node process with its SCADA server, and third-party Modbus clients to talk to it.
 
-`start_scada_node(tmp_path, **scada)` starts `sitecontroller run --simulate` (in-process plant,
-one process) with `scada.enabled` on a free port; `ScadaNode` reads `status --json` through the
-CLI and talks Modbus with `mbpoll` (Debian) or pymodbus. The tests kill it at the end.
+`ScadaNode(tmp_path, **scada)` starts a node (in-process plant, one process) with `scada.enabled`
+on a free port; it reads `status --json` through the CLI (`RunSim`) and talks Modbus with `mbpoll`
+(Debian; `ScadaClient`) or pymodbus. The tests kill it at the end.
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient
 
 from sitecontroller.scada.service import load_map
 from sitecontroller.sim.modbus_server import ProfileServer
+from tests.e2e.run_sim import RunSim
 from tests.protocol.test_mbpoll_meter import mbpoll_path
-from tests.util import REPO, free_tcp_port, isolated_example, wait_until
-
-CLI = [sys.executable, "-m", "sitecontroller.cli"]
+from tests.util import free_tcp_port, isolated_example
 SERVED = ProfileServer(load_map(), port=1).profile  # the map with the addresses the node serves
 LINE = re.compile(r"^\[(\d+)\]:\s+(-?\d+)(?:\s+\(-?\d+\))?\s*$", re.MULTILINE)
 
@@ -70,45 +66,22 @@ class ScadaClient:
         return raw.rstrip(b"\0").decode()
 
 
-class ScadaNode(ScadaClient):
+class ScadaNode(RunSim, ScadaClient):
+    """A node (`scripts/run-sim` of an in-process-plant file: one process) with its SCADA server."""
+
     def __init__(self, tmp_path: Path, example: str = "sim_node1_inproc.json", **scada):
         data = isolated_example(example, tmp_path)
-        super().__init__(free_tcp_port())
+        ScadaClient.__init__(self, free_tcp_port())
         data["scada"] = {"enabled": True, "port": self.port, "heartbeat_timeout_s": 2.0, **scada}
-        self.params_file = tmp_path / "params.json"
-        self.params_file.write_text(json.dumps(data))
-        self.endpoint = data["control"]["endpoint"]
+        params_file = tmp_path / "params.json"
+        params_file.write_text(json.dumps(data))
         self.data_dir = Path(data["storage"]["data_dir"].replace("{node_id}", data["identity"]["node_id"]))
-        self.log = tmp_path / "node.log"
-        self._log_f = open(self.log, "w")
-        self.proc = subprocess.Popen(CLI + ["run", "--simulate", "--params", str(self.params_file)],
-                                     stdout=self._log_f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
-
-    # --- the node's own view -----------------------------------------------------------
-    def status(self) -> dict | None:
-        r = subprocess.run(CLI + ["status", "--json", "--endpoint", self.endpoint], capture_output=True, text=True,
-                           cwd=REPO, timeout=10)
-        return json.loads(r.stdout) if r.returncode == 0 else None
-
-    def wait_status(self, predicate, timeout_s: float, what: str) -> dict:
-        def check():
-            s = self.status()
-            return s if s is not None and predicate(s) else None
-        return wait_until(check, timeout_s, 0.1, what)
+        RunSim.__init__(self, tmp_path, "node", params_file)
 
     def audit(self) -> list[dict]:
         path = self.data_dir / "audit.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
 
-    def output(self) -> str:
-        self._log_f.flush()
-        return self.log.read_text()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-        self._log_f.close()
 
 def exception_in(out: str) -> str | None:
     """The Modbus exception mbpoll reports, by its libmodbus text (None: none)."""
