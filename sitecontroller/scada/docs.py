@@ -65,6 +65,9 @@ battery, into the AC side); limits (`WChaRteMax`, `ClWChaMax`) are magnitudes. S
   node's other sources take over, the cluster returns to the mode it ran before SCADA's first
   write. The warning `SCADA_HEARTBEAT_LOST` is raised and the fallback commands are audited;
   `CtlSt` reads `fallback`. `Hb` alone does not resume control: a fresh setpoint or mode write does.
+  A fresh setpoint write also counts as a heartbeat (our SunSpec driver rewrites every 5 s).
+  `WrEna` = 0 does not withdraw a setpoint in force: `Hb` writes are then refused, so the
+  heartbeat runs out and the fallback applies.
 
 ModeSel parameters:
 

@@ -128,3 +128,49 @@ async def test_the_guard_holds_over_random_write_sequences(rig):
     rr = await client.write_registers(profile.point("ModeSel").address, [2], device_id=1)
     assert rr.isError() and rr.exception_code == 4 and await image(client) == before
     assert rig.node.commands.submitted[-1]["type"] == "cluster_mode"
+
+
+class Cluster:
+    """What the SCADA control reads of the cluster service: the replicated mode."""
+
+    def __init__(self, mode: str, params: dict):
+        state = SimpleNamespace(mode=mode, mode_params=params)
+        self.consensus = SimpleNamespace(state=lambda: state)
+
+
+class ClusterBook(Book):
+    def submit(self, raw):
+        self.submitted.append(raw)
+        return Ack(raw["id"], DONE, "", raw["type"])
+
+
+@pytest.mark.parametrize("fallback, node_after, cluster_after", [
+    ("hold_zero", 0.0, {"type": "cluster_mode", "mode": "passive"}),
+    ("previous_mode", None, {"type": "cluster_mode", "mode": "self_consumption", "params": {"grid_target_w": 100.0}}),
+])
+async def test_heartbeat_loss_applies_the_configured_fallback(fallback, node_after, cluster_after):
+    clock = RealClock()
+    node = SimpleNamespace(rated_w=RATED_W, sources=SetpointSources(5.0), commands=ClusterBook(), clock=clock,
+                           errors=ErrorRegistry(clock), cluster=Cluster("self_consumption", {"grid_target_w": 100.0}))
+    params = ScadaParams(enabled=True, heartbeat_timeout_s=1.0, fallback=fallback)
+    control = ScadaControl(node, params, load_map(), values=lambda names: {})
+    control.write_enable = True
+    assert await control.apply({"NodeWSet": 2000.0}, ALLOWED) is None
+    node.sources["scada"].put(2000.0, clock.monotonic(), valid_s=2.0)  # what the executor does with it
+    assert await control.apply({"ClTgtWSet": 3000.0}, ALLOWED) is None
+    assert control.state == "controlling" and control.holding == {"node", "cluster"}
+    control.beat(1)
+    control.beat(1)  # the same value again is no heartbeat
+    assert control.last_beat == 1
+    await control.fall_back()
+    sent = [{k: v for k, v in c.items() if k not in ("id", "source")} for c in node.commands.submitted[2:]]
+    assert cluster_after in sent
+    assert control.state == "fallback" and node.errors.is_active("SCADA_HEARTBEAT_LOST")
+    if node_after is None:
+        assert node.sources["scada"].latest() is None  # the node's other sources take over
+    else:
+        assert {"type": "set_power", "p_w": 0.0, "hold_s": 86400.0} in sent
+    control.beat(2)  # a heartbeat alone does not resume control
+    assert control.state == "fallback"
+    assert await control.apply({"NodeWSet": 500.0}, ALLOWED) is None  # a fresh write does
+    assert control.state == "controlling" and not node.errors.is_active("SCADA_HEARTBEAT_LOST")
