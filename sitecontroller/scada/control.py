@@ -115,6 +115,8 @@ class ScadaControl:
             raws.append(("cluster", self._cluster_target(written["ClTgtWSet"])))
         if "ModeSel" in written:
             raws.append(("cluster", self._mode_command(written) | {"id": _cmd_id(), "source": "scada"}))
+        if raws and self.state == CONTROLLING:  # a write under way is activity: no fallback meanwhile
+            self.deadline = self.node.clock.monotonic() + self.timeout_s
         for what, raw in raws:
             if what == "cluster" and "cluster" not in self.holding and self.node.cluster is not None:
                 st = self.node.cluster.consensus.state()

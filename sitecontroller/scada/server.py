@@ -3,9 +3,10 @@
 `ScadaServer` is the profile server (pymodbus 3.16 SimDevice/SimData with the async
 `action` hook, `sim/modbus_server.py`) with what a plant-facing server adds:
 
-- reads serve the live values of the latest status snapshot (`source()` returns a dict the
-  service rebuilds once per cycle: a read never touches the cycle's live objects and never
-  waits for the cycle); a quantity that is absent reads as SunSpec "not implemented";
+- reads serve the registers as the last `refresh()` left them: the service refreshes them from
+  the latest status snapshot once per cycle period (and the server after each accepted write),
+  so a read costs no encoding, never touches the cycle's live objects and never waits for the
+  cycle; a quantity that is absent reads as SunSpec "not implemented";
 - every write first checks its client's address against `allow_write_from` (CIDRs): a client
   outside it gets ILLEGAL_FUNCTION (01), so it can read but never write; pymodbus gives the
   action hook no client, so each connection's handler puts its peer into a context variable
@@ -94,8 +95,12 @@ class ScadaServer(ProfileServer):
         return rc
 
     async def _action(self, fc, start_address, address, count, registers, set_values):
-        if set_values is None or fc not in WRITE_FCS:
-            return await super()._action(fc, start_address, address, count, registers, set_values)
+        if set_values is None or fc not in WRITE_FCS:  # a read: the registers are up to date already
+            img = self._regs["input" if fc == 4 else "holding"]
+            if img["regs"] is not registers:  # the first request: from now on refresh pymodbus's own list
+                img["regs"] = registers
+                self.refresh()
+            return None
         client = PEER.get()
         if not self.allowed(client):
             self.refused_clients += 1
@@ -106,4 +111,6 @@ class ScadaServer(ProfileServer):
         written = WRITTEN.get()
         if rc is not None or not written:
             return rc
-        return await self.control.apply(written, client)
+        rc = await self.control.apply(written, client)
+        self.refresh()  # a read right after this write sees its effect (WrEna, CtlSt, NodeWSet, ...)
+        return rc

@@ -6,8 +6,9 @@ Plugged into `NodeRuntime` (DESIGN §3) when `scada.enabled`:
 
 Once per cycle period, between cycles, the refresher turns the node's status snapshot
 (and the cluster status on a cluster member) into the live values the map serves
-(`values.live_values`); Modbus reads serve that dict, so a read never waits for the
-cycle and never reads the cycle's objects. Writes: `control.ScadaControl`.
+(`values.live_values`) and encodes them into the served registers; Modbus reads serve those
+registers, so a read never waits for the cycle and never reads the cycle's objects.
+Writes: `control.ScadaControl`.
 """
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class ScadaService:
         self.live = live_values(node.status(), cluster, rated_w=node.rated_w,
                                 capacity_wh=p.battery.capacity_wh)
         self.meter_live = meter_values(node.image.meter if node.image is not None else None)
+        self.server.refresh()  # encode the registers now, once, not per read
         self.refreshes += 1
 
     async def _refresher(self) -> None:

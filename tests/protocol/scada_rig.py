@@ -72,7 +72,7 @@ class ScadaNode(RunSim, ScadaClient):
     def __init__(self, tmp_path: Path, example: str = "sim_node1_inproc.json", **scada):
         data = isolated_example(example, tmp_path)
         ScadaClient.__init__(self, free_tcp_port())
-        data["scada"] = {"enabled": True, "port": self.port, "heartbeat_timeout_s": 2.0, **scada}
+        data["scada"] = {"enabled": True, "port": self.port, "heartbeat_timeout_s": 10.0, **scada}
         params_file = tmp_path / "params.json"
         params_file.write_text(json.dumps(data))
         self.data_dir = Path(data["storage"]["data_dir"].replace("{node_id}", data["identity"]["node_id"]))

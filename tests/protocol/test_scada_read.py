@@ -73,7 +73,16 @@ def test_pysunspec2_reads_the_models_with_their_scale_factors(node):
         d.close()
 
 
-def test_error_codes_are_served_most_severe_first(node):
+def test_error_codes_are_served_most_severe_first(tmp_path):
+    node = ScadaNode(tmp_path, heartbeat_timeout_s=2.0)
+    try:
+        node.wait_status(lambda s: s["state"] == "run", 20, "node in run")
+        error_codes_round(node)
+    finally:
+        node.kill()
+
+
+def error_codes_round(node) -> None:
     node.write("WrEna", 1)
     rc, out = node.write("NodeWSet", 1000)
     assert rc == 0, out
