@@ -40,6 +40,8 @@ def sockets(params) -> list[Socket]:
     m = re.fullmatch(r"socket://([^:/]+):(\d{1,5})", can.channel) if can is not None else None
     if m:
         out.append(Socket("$.devices.bms.can.channel", _host(m[1]), int(m[2])))
+    if params.scada.enabled:
+        out.append(Socket("$.scada.port", _host(params.scada.host), params.scada.port))
     for i, member in enumerate(params.cluster.members):  # this node's own cluster sockets
         if member.node_id == params.identity.node_id:
             for key in ("raft", "data"):

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from .drivers.bms.config import BmsConfig
 from .drivers.inverter.config import InverterConfig
 from .drivers.meter.config import MeterConfig
+from .scada.config import ScadaParams
 from .schema_base import ID_PATTERN, ClusterMember, Strict  # noqa: F401  (ID_PATTERN: params.py)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5550"
@@ -186,6 +187,7 @@ class SiteParams(Strict):
     storage: StorageParams = StorageParams()
     simulation: SimulationParams | None = None
     cluster: ClusterParams = ClusterParams()
+    scada: ScadaParams = ScadaParams()
 
     @field_validator("cluster")
     @classmethod

@@ -73,9 +73,9 @@ def listeners(params, control: bool = True, devices: bool = False) -> list[Liste
     """The TCP sockets a process listens on: the node's control endpoint, and/or the simulated devices."""
     out = []
     for sock in sockets(params):
-        if sock.path == "$.control.endpoint":
+        if sock.path in ("$.control.endpoint", "$.scada.port"):  # the node's own listeners
             if control:
-                out.append(Listener("control.endpoint", sock.host, sock.port))
+                out.append(Listener(sock.path.removeprefix("$."), sock.host, sock.port))
         elif devices:
             out.append(Listener(f"{sock.path.removeprefix('$.')}, simulated", sock.host, sock.port))
     return out

@@ -36,6 +36,8 @@ SUNS = (0x5375, 0x6E53)
 
 
 class ProfileServer:
+    server_class = ModbusTcpServer  # the SCADA server's knows each request's client
+
     def __init__(
         self,
         profile: Profile,
@@ -173,9 +175,13 @@ class ProfileServer:
             img = self._regs[table]
             for p in self._points[table]:
                 if p.sim is not None:
-                    v = self._quantity(p, live)
-                    if v is not None:
-                        self._put(img["regs"], img["start"], p, v)
+                    self._serve(img["regs"], img["start"], p, live)
+
+    def _serve(self, regs: list[int], lo: int, p: Point, live: dict) -> None:
+        """Serve one live point (a quantity `live` lacks: the register keeps its value)."""
+        v = self._quantity(p, live)
+        if v is not None:
+            self._put(regs, lo, p, v)
 
     def values(self, names) -> dict:
         """Decode the points' current register values (what a client would read, without refreshing)."""
@@ -210,9 +216,7 @@ class ProfileServer:
             live = self.source()
             for p in self._points[table]:
                 if p.sim is not None and p.address < address + count and p.end > address:
-                    v = self._quantity(p, live)
-                    if v is not None:
-                        self._put(registers, start_address, p, v)
+                    self._serve(registers, start_address, p, live)
             return None
         if self.reject_writes:
             return ExcCodes.DEVICE_FAILURE
@@ -248,7 +252,7 @@ class ProfileServer:
     async def start(self) -> None:
         self._release = asyncio.Event()
         self.refresh()
-        self._server = ModbusTcpServer(self._device(), address=(self.host, self.port))
+        self._server = self.server_class(self._device(), address=(self.host, self.port))
         await self._server.serve_forever(background=True)
 
     async def drop(self) -> None:

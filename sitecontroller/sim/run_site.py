@@ -106,6 +106,8 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
         if can is not None:
             can.update(interface="slcan", channel=f"socket://127.0.0.1:{port(k, 2)}")
         devices["meter"] = meter
+        if (data.get("scada") or {}).get("enabled"):  # a SCADA server per node: its own port
+            data["scada"] = {**data["scada"], "port": fresh_port() if free_ports else port(k, 7)}
         data["features"] = {**data.get("features", {}), "CLUSTER": cluster}
         if backup:
             data["features"]["BACKUP"] = True
