@@ -51,6 +51,10 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
         from mastercontroller.service import ClusterService
 
         services.insert(0, ClusterService)  # a member before the endpoint answers for it
+    if params.cloud is not None and params.cloud.enabled:
+        from .cloud.service import CloudService
+
+        services.append(CloudService)
     runtime = NodeRuntime(params, clock, devices, services=services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

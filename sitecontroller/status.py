@@ -72,6 +72,7 @@ class NodeStatus:
     role: str = "alone"  # "leader" | "follower" | "candidate" in a cluster; "alone" without one
     term: int | None = None  # the Raft term this node is in (None: no cluster)
     setpoint_age_ms: dict[str, float] | None = None  # origin's decision -> inverter command: p50, p99, max, n
+    cloud: dict[str, Any] | None = None  # IoT Hub link and offline queue (None: no cloud section)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -121,4 +122,5 @@ def snapshot(node) -> NodeStatus:
         role="alone" if node.cluster is None else node.cluster.role,
         term=None if node.cluster is None else node.cluster.consensus.term,
         setpoint_age_ms=node.setpoint_age.summary(),
+        cloud=None if node.cloud is None else node.cloud.status(),
     )
