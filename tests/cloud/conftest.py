@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import NodeProcess
-from tests.util import REPO, isolated_example, wait_until
+from mastercontroller import keys
+from tests.util import REPO, free_tcp_port, isolated_example, wait_until
 
 
 def _free_loopback_address() -> str:
@@ -104,8 +105,13 @@ def cloud_node(tmp_path):
     """A simulated node (scripts/run-sim) whose `cloud` section points at an emulator."""
     started = []
 
-    def start(hub, device="node1", **cloud):
+    def start(hub, device="node1", cluster=False, **cloud):
         data = isolated_example("sim_node1.json", tmp_path)
+        if cluster:  # a cluster of one: cluster modes go through its Raft log
+            public = keys.generate(tmp_path / "node1")
+            data["features"] = {**data.get("features", {}), "CLUSTER": True}
+            data["cluster"] = {"members": [{"node_id": "node1", "raft": f"127.0.0.1:{free_tcp_port()}",
+                                            "data": f"127.0.0.1:{free_tcp_port()}", "public_key": public}]}
         data["cloud"] = {"connection_string_file": str(hub.cs_file(device)), "ca_cert_file": str(hub.dir / "ca.pem"),
                          "telemetry_interval_s": 1, **cloud}
         path = tmp_path / f"params-{device}-{len(started)}.json"
