@@ -75,6 +75,9 @@ class Emulator:
     def desired(self, device, patch):
         return self.call("PATCH", f"/devices/{device}/twin/desired", patch)["$version"]
 
+    def cut_link(self, device="node1", cut=True):
+        return self.call("POST", f"/devices/{device}/link?cut={int(cut)}")
+
     def twin(self, device="node1"):
         return self.call("GET", f"/devices/{device}/twin")
 

@@ -4,6 +4,7 @@
     POST  /devices/{id}/methods/{name}?timeout=S   body: the method payload -> {"status", "payload"}
     PATCH /devices/{id}/twin/desired               body: a desired patch    -> {"$version"}
     GET   /devices/{id}/twin                       the whole twin
+    POST  /devices/{id}/link?cut=1|0               cut (simulated outage) or restore one device's link
 """
 from __future__ import annotations
 
@@ -46,7 +47,13 @@ def admin_app(hub) -> web.Application:
     async def twin(request: web.Request) -> web.Response:
         return web.json_response(hub.registry.twin(_device(hub, request)))
 
+    async def link(request: web.Request) -> web.Response:
+        device_id = _device(hub, request)
+        hub.cut_link(device_id, request.query.get("cut", "1") == "1")
+        return web.json_response({"cut": device_id in hub.cut_off})
+
     app = web.Application()
+    app.router.add_post("/devices/{device}/link", link)
     app.router.add_post("/devices/{device}/methods/{method}", invoke)
     app.router.add_patch("/devices/{device}/twin/desired", desired)
     app.router.add_get("/devices/{device}/twin", twin)

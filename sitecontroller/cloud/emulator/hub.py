@@ -69,6 +69,7 @@ class HubEmulator:
         self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._tls.load_cert_chain(cert, key)
         self.sessions: dict[str, DeviceSession] = {}
+        self.cut_off: set[str] = set()  # devices whose link is cut (a simulated outage of their internet)
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
         self._mqtt: asyncio.AbstractServer | None = None
         self._runners: list[web.AppRunner] = []
@@ -182,6 +183,15 @@ class HubEmulator:
             fut.set_result((status, json.loads(body) if body else None))
         except ValueError:
             fut.set_result((status, body.decode("utf-8", "replace")))
+
+    def cut_link(self, device_id: str, cut: bool) -> None:
+        """Simulate an outage of one device's link: its connection is closed and refused until restored."""
+        if cut:
+            self.cut_off.add(device_id)
+            if device_id in self.sessions:
+                self.sessions[device_id].close()
+        else:
+            self.cut_off.discard(device_id)
 
     async def set_desired(self, device_id: str, patch: dict) -> int:
         version = self.registry.patch(device_id, "desired", patch)

@@ -81,6 +81,11 @@ class DeviceSession:
                                  else mp.NOT_AUTHORIZED))
             await self.writer.drain()
             return False
+        if connect.client_id in self.hub.cut_off:
+            log.info("refused %r: its link is cut off (simulated outage)", connect.client_id)
+            self.send(mp.connack(mp.UNAVAILABLE))
+            await self.writer.drain()
+            return False
         self.device_id = connect.client_id
         self._idle_s = max(connect.keepalive_s * 1.5, 5.0) if connect.keepalive_s else None
         self.hub.connected(self)
