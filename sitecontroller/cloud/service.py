@@ -50,7 +50,8 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, CredentialError):
         return "authentication failed: the hub refused this device's key (check the connection string file)"
     if isinstance(exc, ConnectionFailedError):
-        return f"cannot reach the hub ({exc.__cause__ or exc})"
+        cause = exc.__cause__ or exc
+        return f"cannot reach the hub ({type(cause).__name__}{': ' + str(cause) if str(cause) else ''})"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -261,16 +262,22 @@ class CloudService:
                     msg = Message(row.body, content_encoding="utf-8", content_type="application/json")
                     msg.custom_properties.update(row.properties)
                     msgs.append(msg)
-                try:
-                    await asyncio.wait_for(asyncio.gather(*(client.send_message(m) for m in msgs)), SEND_TIMEOUT_S)
+                done = []
+                try:  # one at a time: the SDK runs concurrent sends on a thread pool, out of order
+                    for row, msg in zip(rows, msgs):
+                        await asyncio.wait_for(client.send_message(msg), SEND_TIMEOUT_S)
+                        done.append(row.id)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     self.failed += 1
                     self._lose(f"sending failed: {describe(exc)}")
+                finally:
+                    if done:
+                        await asyncio.shield(self._io_call(self.queue.remove, done))
+                        self.sent += len(done)
+                if len(done) < len(rows):
                     break
-                await self._io_call(self.queue.remove, [r.id for r in rows])
-                self.sent += len(rows)
 
 
 def _shutdown_in_thread(client) -> None:

@@ -87,7 +87,8 @@ def test_kill_9_at_random_moments_loses_nothing_queued(tmp_path):
         except subprocess.TimeoutExpired:
             pass
         proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=10)
+        out = proc.stdout.read()  # (not communicate(timeout=...): it would skip what readline buffered)
+        proc.wait(10)
         for line in (first + out).splitlines():
             words = line.split()
             if words and words[0] == "put" and len(words) == 2:
@@ -97,7 +98,7 @@ def test_kill_9_at_random_moments_loses_nothing_queued(tmp_path):
         q = OfflineQueue(db, 3600, 100_000_000)
         queued = [json.loads(r.body)["seq"] for r in q.peek(1_000_000)]
         lost = set(committed) - acked - set(queued)
-        assert not lost, f"queued messages lost by kill -9: {sorted(lost)[:10]}"
+        assert not lost, f"queued messages lost by kill -9: {sorted(lost)[:10]}; this run printed {first + out!r}"
         assert queued == sorted(queued)  # still in order
         assert q.put("probe", {}, {}) > max(committed)  # the seq never goes back
         q.remove([r.id for r in q.peek(1_000_000) if json.loads(r.body).get("i") is None])
