@@ -88,6 +88,7 @@ def test_kill_9_at_random_moments_loses_nothing_queued(tmp_path):
             pass
         proc.send_signal(signal.SIGKILL)
         out = proc.stdout.read()  # (not communicate(timeout=...): it would skip what readline buffered)
+        proc.stdout.close()
         proc.wait(10)
         for line in (first + out).splitlines():
             words = line.split()
