@@ -81,3 +81,14 @@ def test_a_bad_device_key_is_reported_and_retried_with_backoff(emulator, cloud_n
     out = node.output()
     assert "authentication failed" in out and "next try in" in out and "Traceback" not in out
     assert good.split("SharedAccessKey=")[1] not in out  # the secret is never logged
+
+
+def test_mqtt_over_websockets(emulator, cloud_node):
+    """`cloud.websockets`: MQTT over WSS on 443, the same protocol."""
+    hub = emulator()
+    node = cloud_node(hub, websockets=True)
+    node.wait_status(lambda s: s.get("cloud") and s["cloud"]["connected"], 60, "connected over WSS")
+    wait_until(lambda: hub.messages(kind="SC_Spot_10s"), 20, 0.2, "telemetry over WSS")
+    code, body = hub.invoke("node1", "GoToState_Idling", {})
+    assert code == 200 and body["status"] == "done", body
+    assert " wss" in hub.output()

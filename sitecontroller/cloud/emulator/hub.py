@@ -81,7 +81,12 @@ class HubEmulator:
         if self.wss_port is not None:
             app = web.Application()
             app.router.add_get("/$iothub/websocket", self._on_ws)
-            await self._serve(app, self.wss_port, self._tls)
+            try:
+                await self._serve(app, self.wss_port, self._tls)
+            except OSError as exc:  # 443 needs root or CAP_NET_BIND_SERVICE
+                log.warning("no MQTT over WSS: cannot listen on %s:%d (%s); MQTT/TLS only", self.host,
+                            self.wss_port, exc.strerror or exc)
+                self.wss_port = None
         from .admin import admin_app  # the operator API (invoke, desired, twin, telemetry)
 
         self.admin_port = await self._serve(admin_app(self), self.admin_port, None)
