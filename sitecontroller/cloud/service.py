@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,8 +102,8 @@ class CloudService:
             task.cancel()
         self.methods.close()
         client, self._client = self._client, None
-        if client is not None:
-            self.loop.run_in_executor(None, _shutdown_in_thread, client)  # bounded by the runtime's close budget
+        if client is not None:  # on a daemon thread: the node's exit never waits for the SDK
+            threading.Thread(target=_shutdown_in_thread, args=(client,), name="cloud-shutdown", daemon=True).start()
         await self.loop.run_in_executor(self._io, self.queue.close)
         self._io.shutdown(wait=False)
 

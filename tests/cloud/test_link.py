@@ -2,6 +2,7 @@
 and started again) after which everything queued arrives in order; a bad device key reported
 clearly and retried with backoff, without harm to the node."""
 import datetime as dt
+import signal
 import time
 
 import pytest
@@ -92,3 +93,6 @@ def test_mqtt_over_websockets(emulator, cloud_node):
     code, body = hub.invoke("node1", "GoToState_Idling", {})
     assert code == 200 and body["status"] == "done", body
     assert " wss" in hub.output()
+    t0 = time.monotonic()
+    node.proc.send_signal(signal.SIGTERM)  # the orderly stop stays within 2 s with the cloud client
+    assert node.proc.wait(5) == 0 and time.monotonic() - t0 < 2.5, node.output()

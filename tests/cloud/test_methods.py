@@ -90,3 +90,7 @@ def test_mode_methods_go_through_the_cluster(emulator, cloud_node):
     code, body = hub.invoke("node1", "GoToMode_SelfConsumption", {"grid_target_w": 0})
     assert code == 200, body
     wait_until(lambda: hub.twin()["reported"].get("mode") == "self_consumption", 15, 0.2, "mode reported")
+    # the leader tells the cloud about the cluster: leader, term, members, mode
+    events = wait_until(lambda: [m["body"] for m in hub.messages(kind="SC_cluster_state_event")
+                                 if m["body"]["mode"] == "self_consumption"], 15, 0.2, "a cluster state event")
+    assert events[0]["leader"] == "node1" and events[0]["members"] == ["node1"] and events[0]["term"] >= 1
