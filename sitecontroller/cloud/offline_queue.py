@@ -97,7 +97,8 @@ class OfflineQueue:
 
     def stats(self) -> dict:
         with self._lock:
-            oldest = self._db.execute("SELECT MIN(created) FROM outbox").fetchone()[0]
+            head = self._db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()  # by key: cheap
+            oldest = head[0] if head else None
             dropped = self._counter("dropped")
         return {"queued": self._count, "bytes": self._bytes, "dropped": dropped,
                 "oldest_queued_s": None if oldest is None else round(max(0.0, self._wall() - oldest), 1)}

@@ -53,7 +53,9 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionFailedError):
         cause = exc.__cause__ or exc
         return f"cannot reach the hub ({type(cause).__name__}{': ' + str(cause) if str(cause) else ''})"
-    return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TimeoutError):
+        return f"the hub did not answer within {SEND_TIMEOUT_S:g} s"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 class CloudService:
@@ -137,7 +139,7 @@ class CloudService:
         while True:
             client = self._new_client()
             try:
-                await client.connect()
+                await asyncio.wait_for(client.connect(), SEND_TIMEOUT_S)  # a hub that never answers
                 await self.loop.run_in_executor(None, self._set_handlers, client)  # the setters block
                 self._client, self._lost = client, asyncio.Event()
                 self.connected, self.last_connected, self.problem = True, self.node.clock.wall(), None
