@@ -55,6 +55,10 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
         from .scada.service import ScadaService
 
         services.append(ScadaService)
+    if params.cloud is not None and params.cloud.enabled:
+        from .cloud.service import CloudService
+
+        services.append(CloudService)
     runtime = NodeRuntime(params, clock, devices, services=services)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -123,6 +123,10 @@ def cmd_run(args) -> int:
     from .running import announce
 
     params = _load_or_exit(args.params)
+    if params.cloud is not None and params.cloud.enabled:
+        from .cloud.twin import with_cached
+
+        params = with_cached(params)  # the node starts as the cloud's device twin left it
     problems = run_preflight(params, simulate=args.simulate)
     for line in problems:
         print(f"sitecontroller: cannot start: {line}", file=sys.stderr)
@@ -142,9 +146,10 @@ def cmd_run(args) -> int:
 
 def cmd_check_params(args) -> int:
     params = _load_or_exit(args.file)
+    from .cloud.config import file_problems
     from .preflight import cluster_key_problems
 
-    problems = cluster_key_problems(params)
+    problems = cluster_key_problems(params) + file_problems(params)
     if problems:
         print("\n".join(f"{args.file}: {line}" for line in problems), file=sys.stderr)
         return 2

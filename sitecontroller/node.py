@@ -45,6 +45,7 @@ class Node:
         self.devices = devices
         self.writer = writer
         self.cluster = None  # the cluster service, when this node is a cluster member (mastercontroller)
+        self.cloud = None  # the cloud service, when the node has a `cloud` section (sitecontroller.cloud)
         data = params.data_dir if persist else None
         self.errors = ErrorRegistry(clock, data / "errors.json" if data else None, writer=writer)
         self.commands = CommandBook(clock, data / "audit.jsonl" if data else None, writer=writer)

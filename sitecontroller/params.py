@@ -19,6 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from .cloud.config import anchor as anchor_cloud
 from .params_ports import port_clashes
 from .params_schema import (  # noqa: F401  (the schema is part of this module's interface)
     DEFAULT_ENDPOINT,
@@ -391,7 +392,10 @@ def load(path: str | Path) -> SiteParams:
 
 
 def _anchor_data_dir(params: SiteParams, path: Path) -> SiteParams:
-    """A relative `storage.data_dir` is relative to the parameter file, not to where the node is started."""
+    """A relative `storage.data_dir` (and the cloud's files) is relative to the parameter file, not to where
+    the node is started."""
+    if params.cloud is not None:
+        params = params.model_copy(update={"cloud": anchor_cloud(params.cloud, path.resolve().parent)})
     if Path(params.storage.data_dir).is_absolute():
         return params
     anchored = os.path.normpath(path.resolve().parent / params.storage.data_dir)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from .cloud.config import CloudParams
 from .drivers.bms.config import BmsConfig
 from .drivers.inverter.config import InverterConfig
 from .drivers.meter.config import MeterConfig
@@ -188,6 +189,7 @@ class SiteParams(Strict):
     simulation: SimulationParams | None = None
     cluster: ClusterParams = ClusterParams()
     scada: ScadaParams = ScadaParams()
+    cloud: CloudParams | None = Field(None, description="Azure IoT Hub (null: no cloud)")
 
     @field_validator("cluster")
     @classmethod

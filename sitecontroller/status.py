@@ -76,6 +76,7 @@ class NodeStatus:
     setpoint_age_ms: dict[str, float] | None = None  # origin's decision -> inverter command: p50, p99, max, n
     grid_services: dict[str, Any] | None = None  # the node's reserve allocation and responses (None: none)
     freq_hz: float | None = None  # the node's frequency measurement (inverter, else meter)
+    cloud: dict[str, Any] | None = None  # IoT Hub link and offline queue (None: no cloud section)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -127,4 +128,5 @@ def snapshot(node) -> NodeStatus:
         setpoint_age_ms=node.setpoint_age.summary(),
         grid_services=node.grid_services.status(now) if node.grid_services.term is not None else None,
         freq_hz=None if img is None else frequency_hz(img),
+        cloud=None if node.cloud is None else node.cloud.status(),
     )

@@ -1,0 +1,165 @@
+"""Device twin desired `parameters` ↔ site parameters.
+
+The desired `{"parameters": {...}}` is a partial site-parameter document (an *overlay* on the
+parameter file). A change is validated as a whole (file ⊕ overlay, the same validation as
+`check-params`): if anything is wrong, nothing is applied and the status says which field. If valid,
+what may change at run time is applied at once (RUNTIME_KEYS) and the rest is staged: it takes
+effect at the next start, and the status says `staged` with the keys that need a restart.
+
+Versions: a patch is applied only on top of the version before it; an older version never overwrites
+a newer one; a gap (a patch lost while offline, or out of order) makes the client read the whole
+twin again. The last valid overlay is cached in the data directory (`cloud/desired.json`), and
+`with_cached` lays it over the parameter file at start, so a node starts as the cloud left it even
+without the cloud.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+
+from .. import params as site_params
+
+log = logging.getLogger("sitecontroller.cloud")
+
+RUNTIME_KEYS = {("cloud", "telemetry_interval_s")}  # applied at once; everything else needs a restart
+APPLIED, STAGED, REJECTED = "applied", "staged", "rejected"
+
+
+def merge(into: dict, patch: dict) -> dict:
+    """A twin patch on a document: null deletes, objects merge, anything else replaces. Returns a copy."""
+    out = json.loads(json.dumps(into))
+    for key, value in patch.items():
+        if key.startswith("$"):
+            continue
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _leaves(doc: dict, prefix=()) -> set[tuple]:
+    out = set()
+    for key, value in doc.items():
+        if isinstance(value, dict) and value:
+            out |= _leaves(value, prefix + (key,))
+        else:
+            out.add(prefix + (key,))
+    return out
+
+
+def _cache_file(params) -> Path:
+    return Path(params.data_dir) / "cloud" / "desired.json"
+
+
+def with_cached(params):
+    """The parameter file's parameters with the cached desired overlay laid over them (if it is still valid)."""
+    try:
+        cached = json.loads(_cache_file(params).read_text())
+        return site_params.parse(merge(params.model_dump(mode="json"), cached["parameters"]), "cached desired parameters")
+    except FileNotFoundError:
+        return params
+    except (ValueError, KeyError, TypeError, site_params.ParamsError) as exc:
+        log.warning("cached desired parameters ignored (%s): running with the parameter file's", exc)
+        return params
+
+
+class ParameterTwin:
+    def __init__(self, node, on_runtime_change):
+        self.node = node
+        self.file_doc = node.params.model_dump(mode="json")  # what the node started with (file ⊕ cache)
+        self._on_runtime_change = on_runtime_change  # (params) -> None
+        self._lock = asyncio.Lock()  # one change at a time, in the order they arrive
+        cache = _cache_file(node.params)
+        try:
+            cached = json.loads(cache.read_text())
+            self.overlay, self.version = cached["parameters"], cached.get("version", 0)
+        except (OSError, ValueError, KeyError):
+            self.overlay, self.version = {}, 0
+        self.status = {"desired_version": self.version, "status": APPLIED, "detail": "parameter file"}
+        self.effective = node.params
+
+    async def desired_twin(self, desired: dict) -> bool:
+        """The whole desired side (after a connect): applied if newer than what we have."""
+        version = desired.get("$version", 0)
+        if version <= self.version:
+            return False
+        await self._change(desired.get("parameters") or {}, version, replace=True)
+        return True
+
+    async def desired_patch(self, patch: dict) -> str:
+        """One desired patch: 'applied' (or staged/rejected), 'old' (ignored) or 'gap' (read the whole twin)."""
+        version = patch.get("$version", 0)
+        if version <= self.version:
+            log.info("desired patch version %s is not newer than %s: ignored", version, self.version)
+            return "old"
+        if version != self.version + 1:
+            return "gap"
+        if "parameters" not in patch:
+            self.version = version
+            self.status = dict(self.status, desired_version=version)
+            return self.status["status"]
+        await self._change(patch["parameters"] or {}, version, replace=False)
+        return self.status["status"]
+
+    async def setup_device(self, doc: dict, origin: str) -> tuple[str, str]:
+        await self._change(doc, self.version, replace=False, origin=origin)
+        return self.status["status"], self.status["detail"]
+
+    async def _change(self, parameters, version: int, *, replace: bool, origin: str = "desired") -> None:
+        async with self._lock:
+            if not isinstance(parameters, dict):
+                self._set(version, REJECTED, "$.parameters: must be a JSON object (a partial site-parameter document)")
+                return
+            overlay = parameters if replace else merge(self.overlay, parameters)
+            try:
+                new = site_params.parse(merge(self.file_doc, overlay), origin)
+            except site_params.ParamsError as exc:
+                self._set(version, REJECTED, "; ".join(exc.problems) + ": nothing applied")
+                return
+            changed = {k for k in _leaves(overlay) | _leaves(self.overlay)
+                       if _get(new.model_dump(mode="json"), k) != _get(self.effective.model_dump(mode="json"), k)}
+            self.overlay = overlay
+            await asyncio.to_thread(self._write_cache, version)
+            runtime = {k for k in changed if k in RUNTIME_KEYS}
+            if runtime:
+                self._on_runtime_change(new)
+            staged = sorted(".".join(k) for k in changed - RUNTIME_KEYS)
+            applied = sorted(".".join(k) for k in runtime)
+            self.effective = new if not staged else self.effective.model_copy(update={"cloud": new.cloud})
+            if staged:
+                self._set(version, STAGED, f"needs a restart: {', '.join(staged)}"
+                          + (f"; applied now: {', '.join(applied)}" if applied else ""))
+            else:
+                self._set(version, APPLIED, f"applied: {', '.join(applied) or 'no change'}")
+
+    def _set(self, version: int, status: str, detail: str) -> None:
+        self.version = max(self.version, version)
+        self.status = {"desired_version": version, "status": status, "detail": detail}
+        (log.warning if status == REJECTED else log.info)("desired parameters (version %s) %s: %s", version, status, detail)
+
+    def _write_cache(self, version: int) -> None:
+        path = _cache_file(self.node.params)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"version": version, "parameters": self.overlay}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def reported(self) -> dict:
+        return {"parameters": self.overlay, "parameters_status": self.status}
+
+
+def _get(doc, path):
+    for key in path:
+        if not isinstance(doc, dict) or key not in doc:
+            return None
+        doc = doc[key]
+    return doc
