@@ -13,7 +13,7 @@ from typing import Callable
 
 from pydantic import ValidationError
 
-from . import droop, fcr_d, fcr_n, ffr
+from . import aem, droop, fcr_d, fcr_n, ffr
 from .base import ServiceParams
 
 
@@ -32,6 +32,8 @@ SERVICES = {s.name: s for s in (
     Service("fcr_d_down", "down", fcr_d.DownParams, fcr_d.Controller, "FCR-D down: linear 50.1 -> 50.5 Hz"),
     Service("fcr_n", "both", fcr_n.Params, fcr_n.Controller, "FCR-N: linear 49.9 .. 50.1 Hz"),
     Service("droop", "both", droop.Params, droop.Controller, "droop curve with thresholds f1 < f2 < f3 < f4"),
+    Service("aem", "both", aem.Params, aem.Controller, "alert-state energy management: SOC back to its band while "
+            "the 5-min mean frequency is outside 50 +/- 0.05 Hz"),
 )}
 
 
