@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pydantic import ValidationError
-
+from ...schema_base import parse_named
 from . import aem, droop, fcr_d, fcr_n, ffr
 from .base import ServiceParams
 
@@ -39,15 +38,7 @@ SERVICES = {s.name: s for s in (
 
 def parse_params(name: str, raw) -> ServiceParams:
     """The service's validated parameters, or ValueError naming the service, the field and the rule."""
-    if name not in SERVICES:
-        raise ValueError(f"service: unknown service {name!r}; known: {', '.join(SERVICES)}")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{name}: parameters must be an object")
-    try:
-        return SERVICES[name].Params.model_validate(raw)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()]
-        raise ValueError(f"{name}: " + "; ".join(problems)) from None
+    return parse_named("service", name, {n: s.Params for n, s in SERVICES.items()}, raw)
 
 
 def frequency_hz(image) -> float | None:
