@@ -22,7 +22,7 @@ from sitecontroller.control.services import SERVICES, parse_params
 from .dispatch import RUN_STATE, NodeView
 
 SOC_FLOOR, SOC_CEIL = 0.10, 0.95  # the energy a reserve may count on lies between these SOCs
-ORDER = ("ffr", "fcr_d_up", "fcr_d_down", "fcr_n", "droop")
+ORDER = ("ffr", "fcr_d_up", "fcr_d_down", "fcr_n", "droop", "aem")
 
 
 @dataclass(frozen=True)

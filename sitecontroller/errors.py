@@ -58,6 +58,7 @@ NODE_CODES: dict[str, tuple[str, str]] = {
                                    "battery holds for the service's endurance"),
     "RESERVE_STALE": (WARNING, "no leader has refreshed this node's grid-service allocation: it holds the last one "
                                "until it expires"),
+    "GRID_ALERT": (WARNING, "the grid is in alert state (sustained frequency deviation): AEM manages the SOC"),
     "UNCLEAN_EXIT": (WARNING, "the previous run did not exit cleanly (crash, kill, power loss): see node.log and the audit log"),
 }
 

@@ -6,7 +6,7 @@ the leader enters the mode.
 """
 from __future__ import annotations
 
-from pydantic import ValidationError
+from sitecontroller.schema_base import parse_named
 
 from . import (charge_only, cost_saving, external_control, grid_forming, load_matching, local, passive,
                self_consumption)
@@ -17,15 +17,4 @@ MODES = {m.NAME: m for m in (self_consumption, load_matching, external_control, 
 
 def parse_params(mode: str, raw: dict):
     """The mode's validated parameters, or ValueError naming the mode, the field and the allowed range."""
-    if mode not in MODES:
-        raise ValueError(f"mode: unknown mode {mode!r}; known: {', '.join(sorted(MODES))}")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{mode}: parameters must be an object")
-    try:
-        return MODES[mode].Params.model_validate(raw)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err["loc"]) or "parameters"
-            problems.append(f"{where}: {err['msg']}")
-        raise ValueError(f"{mode}: " + "; ".join(problems)) from None
+    return parse_named("mode", mode, {name: m.Params for name, m in MODES.items()}, raw)

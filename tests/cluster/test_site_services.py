@@ -34,6 +34,16 @@ def test_ffr_and_fcr_d_answer_a_step_on_every_node_and_survive_a_leader_kill(sit
     try:
         wait_until(running(s, lambda: (c := view(s)) and c["leader"] and all(m["state"] == "run" for m in c["members"])
                            and c), 40, 0.2, "a leader and three running nodes")
+        # bad input: refused with the reason, nothing proposed
+        for args, code, says in [
+                (["ffr", "--capacity-w", "900000"], 1, "capacity_w: 900000 W of ffr is above what the running nodes"),
+                (["droop", "--capacity-w", "1000", "--set", "f1_hz=49.9", "--set", "f2_hz=49.8"], 1,
+                 "thresholds out of order: need f1 < f2 < f3 < f4"),
+                (["ffr", "--capacity-w", "1000", "--set", "activation_hz=49.8"], 1, "activation_hz"),
+                (["warp", "--capacity-w", "1000"], 2, "unknown service 'warp'")]:
+            r = s.cli("cluster", "service", *args, timeout=15)
+            assert r.returncode == code and says in r.stdout + r.stderr, (args, r.stdout, r.stderr)
+        assert view(s)["services"] == {}
         for args in (["ffr", "--capacity-w", "4500", "--set", "activation_hz=49.5", "--set", "support_s=30"],
                      ["fcr_d_up", "--capacity-w", "1500"]):
             r = s.cli("cluster", "service", *args, timeout=15)

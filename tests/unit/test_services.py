@@ -16,7 +16,7 @@ def run(name, params, rows):
 
 
 def test_ffr_full_at_once_held_released_at_20_percent_per_s_then_blocked():
-    c = run("ffr", {"activation_hz": 49.5, "support_s": 5, "blocking_s": 60}, [
+    c = run("ffr", {"activation_hz": 49.5, "support_s": 5, "blocking_s": 60, "recovery_fraction": 0}, [
         (0.0, 50.0, 0.0),
         (1.0, 49.51, 0.0),    # above the level: nothing
         (2.0, 49.50, 1.0),    # at the level: full power in this cycle
@@ -33,6 +33,21 @@ def test_ffr_full_at_once_held_released_at_20_percent_per_s_then_blocked():
         (64.0, 49.45, 1.0),   # a new event
     ])
     assert c.phase == "support"
+
+
+def test_ffr_recovers_the_energy_it_delivered_at_a_quarter_of_the_capacity_in_the_normal_band_only():
+    c = SERVICES["ffr"].Controller(parse_params("ffr", {"activation_hz": 49.5, "support_s": 5}))
+    out, t, dt = [], 0.0, 0.1
+    freq = lambda t: 49.5 if t < 1.0 else (49.85 if t < 20.0 else 50.0)  # noqa: E731  (low, then normal)
+    while t < 120.0:
+        out.append((t, c.step(t, freq(t))))
+        t = round(t + dt, 6)
+    delivered = sum(w * dt for _, w in out if w > 0)
+    recovered = -sum(w * dt for _, w in out if w < 0)
+    assert delivered == pytest.approx(5.0 + 2.5, abs=0.15)  # 5 s full, then a 5 s ramp down
+    assert recovered == pytest.approx(delivered, abs=1e-6)  # all of it, no more
+    assert min(w for _, w in out) == pytest.approx(-0.25)
+    assert all(w >= 0 for s, w in out if freq(s) < 49.9)  # never charging below the normal band
 
 
 def test_ffr_no_measurement_no_activation_but_an_activation_runs_its_course():
@@ -94,3 +109,25 @@ def test_an_allocation_holds_until_it_expires_a_newer_term_replaces_it_and_an_ev
     assert gs.responses(302.9) and gs.responses(303.0) == ()  # 300 s after it was last heard: released
     gs.allocate({"droop": 1000.0}, {"droop": {"f1_hz": 49.9, "f2_hz": 49.8}}, term=6, now=400.0, valid_s=300)
     assert gs.responses(400.0) == () and "f1 < f2" in gs.status(400.0)["rejected"]["droop"]
+
+
+def test_aem_alert_on_the_moving_average_and_energy_management_by_soc():
+    c = SERVICES["aem"].Controller(parse_params("aem", {"window_s": 10, "alert_band_hz": 0.05}))
+    rows = [(t, 49.9, 0.2) for t in range(0, 9)]  # a sustained low frequency, but not yet a whole window
+    assert [c.step(t, f, soc) for t, f, soc in rows] == [0.0] * 9 and not c.alert
+    assert c.step(10, 49.9, 0.2) == -1.0 and c.alert  # alerted, SOC below soc_low: charge at the AEM capacity
+    assert c.step(11, 49.9, 0.5) == 0.0 and c.alert  # SOC inside its band: nothing
+    assert c.step(12, 49.9, 0.8) == 1.0  # above soc_high: discharge
+    for t in range(13, 30):
+        c.step(t, 50.0, 0.8)
+    assert not c.alert and c.step(30, 50.0, 0.8) == 0.0  # the mean is back: normal state
+
+
+def test_aem_is_reported_as_an_alarm_event_and_holds_no_energy():
+    gs = GridServices()
+    gs.allocate({"aem": 1000.0}, {"aem": {"window_s": 10}}, term=1, now=0.0, valid_s=300)
+    (r,) = gs.responses(0.0)
+    for t in range(12):
+        r.term_w(ProcessImage(float(t), 0, None, InverterReading(t=t, p_w=0, freq_hz=49.9), None))
+    problems = gs.problems(12.0, soc=0.5, usable_wh=10_000, soc_floor=0.1, soc_ceil=0.95)
+    assert "GRID_ALERT" in problems and "49.900 Hz" in problems["GRID_ALERT"] and "RESERVE_ENDURANCE" not in problems

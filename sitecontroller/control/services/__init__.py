@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from pydantic import ValidationError
-
-from . import droop, fcr_d, fcr_n, ffr
+from ...schema_base import parse_named
+from . import aem, droop, fcr_d, fcr_n, ffr
 from .base import ServiceParams
 
 
@@ -32,20 +31,14 @@ SERVICES = {s.name: s for s in (
     Service("fcr_d_down", "down", fcr_d.DownParams, fcr_d.Controller, "FCR-D down: linear 50.1 -> 50.5 Hz"),
     Service("fcr_n", "both", fcr_n.Params, fcr_n.Controller, "FCR-N: linear 49.9 .. 50.1 Hz"),
     Service("droop", "both", droop.Params, droop.Controller, "droop curve with thresholds f1 < f2 < f3 < f4"),
+    Service("aem", "both", aem.Params, aem.Controller, "alert-state energy management: SOC back to its band while "
+            "the 5-min mean frequency is outside 50 +/- 0.05 Hz"),
 )}
 
 
 def parse_params(name: str, raw) -> ServiceParams:
     """The service's validated parameters, or ValueError naming the service, the field and the rule."""
-    if name not in SERVICES:
-        raise ValueError(f"service: unknown service {name!r}; known: {', '.join(SERVICES)}")
-    if not isinstance(raw, dict):
-        raise ValueError(f"{name}: parameters must be an object")
-    try:
-        return SERVICES[name].Params.model_validate(raw)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'parameters'}: {e['msg']}" for e in exc.errors()]
-        raise ValueError(f"{name}: " + "; ".join(problems)) from None
+    return parse_named("service", name, {n: s.Params for n, s in SERVICES.items()}, raw)
 
 
 def frequency_hz(image) -> float | None:

@@ -30,7 +30,8 @@ class ServiceResponse:
     last_w: float = 0.0
 
     def term_w(self, image) -> float:
-        self.last_w = self.capacity_w * self.controller.step(image.t, frequency_hz(image))
+        soc = image.bms.soc if image.bms is not None else None
+        self.last_w = self.capacity_w * self.controller.step(image.t, frequency_hz(image), soc)
         return self.last_w
 
 
@@ -91,9 +92,15 @@ class GridServices:
         if self.active and self.heard is not None and now - self.heard >= stale_after_s:
             out["RESERVE_STALE"] = (f"allocation of term {self.term} last refreshed {now - self.heard:.0f} s ago; "
                                     f"held for {max(0.0, self.valid_until - now):.0f} s more")
+        for r in self.active.values():
+            if getattr(r.controller, "alert", False):
+                out["GRID_ALERT"] = (f"alert state: the {r.controller_params.window_s:.0f} s mean frequency is "
+                                     f"{r.controller.average_hz:.3f} Hz (AEM manages the SOC)")
         if soc is not None and self.active:
             need = {"up": 0.0, "down": 0.0}
             for r in self.active.values():
+                if r.name == "aem":  # energy management moves energy; it holds no reserve of its own
+                    continue
                 direction = SERVICES[r.name].direction
                 for side in ("up", "down"):
                     if direction in (side, "both"):

@@ -1,16 +1,15 @@
 """What every grid-service controller shares (DESIGN §2.8: fast reactions at the node).
 
-A service controller is pure in its inputs and its own small state: `step(t, freq_hz)` takes
-the node's monotonic time and its frequency measurement (None: no fresh measurement) and
-returns the *fraction* of the node's allocated capacity to deliver now, + = discharge
+A service controller is pure in its inputs and its own small state: `step(t, freq_hz, soc)` takes
+the node's monotonic time, its frequency measurement (None: no fresh measurement) and its SOC
+(None: unknown; only energy management uses it) and returns the *fraction* of the node's allocated capacity to deliver now, + = discharge
 (-1..1). The node multiplies it by its allocation and adds it to the setpoint after the base
 ramp, within the limiter's window (`control/decide.py`): a response is never ramp-limited
 and never leaves the battery's limits.
 
-A module per service has `NAME`, `DIRECTION` ("up": discharge only, "down": charge only,
-"both"), `Params` (strict, ranged, thresholds checked in order), `endurance_s(params)` (how
-long the service must be able to deliver full power: what the allocation reserves in
-energy) and `Controller(params)`.
+A module per service has `Params` (strict, ranged, thresholds checked in order; `endurance_s`:
+how long the service must be able to deliver full power, what the allocation reserves in
+energy) and `Controller(params)`; `SERVICES` in `__init__.py` names each with its direction.
 """
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ class Linear:
         self.curve, self.filter_s = curve, filter_s
         self.out, self._t = 0.0, None
 
-    def step(self, t: float, freq_hz: float | None) -> float:
+    def step(self, t: float, freq_hz: float | None, soc: float | None = None) -> float:
         if freq_hz is None:
             self.out, self._t = 0.0, None
             return 0.0
