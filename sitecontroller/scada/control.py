@@ -53,7 +53,6 @@ MODE_PARAMS = {
     "grid_forming": ("charge_w", "backup_reserve_soc"),
     "local": (None, None),
 }
-NODE_POINTS, CLUSTER_POINTS = ("NodeWSet",), ("ClTgtWSet", "ModeSel")
 # SunSpec control points whose write is a power request (reactive power, revert times: stored only)
 POWER_SOURCES = ("p_w", "p_enable", "p_pct", "window_out_pct", "window_in_pct", "run", "stop")
 STORED_POINTS = ("ModeParW", "ModeParSoC")  # kept for the next ModeSel write
