@@ -46,7 +46,7 @@ battery, into the AC side); limits (`WChaRteMax`, `ClWChaMax`) are magnitudes. S
 | client address outside `scada.allow_write_from` | exception 01 ILLEGAL FUNCTION | none (reads are allowed) |
 | register is read-only, or a write splits a 32-bit point | exception 02 ILLEGAL ADDRESS | none |
 | `WrEna` = 0 and the write is not to `WrEna` | exception 02 ILLEGAL ADDRESS | none |
-| value outside the range below, power beyond the inverter rating, unknown mode, bad mode parameter | exception 03 ILLEGAL VALUE | none |
+| value outside the range below, power beyond the inverter rating, unknown mode, bad mode parameter, or one request that would be two commands (e.g. `ModeSel` and `ClTgtWSet` together) | exception 03 ILLEGAL VALUE | none |
 | the node refuses the command (e.g. a node setpoint while the node is in cluster control mode, state not run) | exception 04 DEVICE FAILURE | none; the audit log says why |
 | accepted | normal response once the command is done (cluster changes: once the Raft log committed them) | audited command |
 
