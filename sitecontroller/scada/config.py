@@ -38,7 +38,7 @@ class ScadaParams(Strict):
         try:
             ipaddress.ip_address(v)
         except ValueError:
-            raise ValueError(f"an IP address such as 127.0.0.1 or 0.0.0.0, found {v!r}") from None
+            raise ValueError("an IP address such as 127.0.0.1 (loopback) or 0.0.0.0 (every interface)") from None
         return v
 
     @field_validator("allow_write_from")
@@ -48,5 +48,5 @@ class ScadaParams(Strict):
             try:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
-                raise ValueError(f"CIDR such as 10.0.0.0/24 or 127.0.0.1/32, found {cidr!r}") from None
+                raise ValueError(f"CIDRs such as 10.0.0.0/24 or 127.0.0.1/32 ({cidr!r} is not one)") from None
         return v

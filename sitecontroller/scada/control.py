@@ -53,9 +53,9 @@ MODE_PARAMS = {
     "grid_forming": ("charge_w", "backup_reserve_soc"),
     "local": (None, None),
 }
-NODE_POINTS, CLUSTER_POINTS = ("NodeWSet",), ("ClTgtWSet", "ModeSel")
 # SunSpec control points whose write is a power request (reactive power, revert times: stored only)
 POWER_SOURCES = ("p_w", "p_enable", "p_pct", "window_out_pct", "window_in_pct", "run", "stop")
+COMMAND_POINTS = frozenset({"NodeWSet", "ClTgtWSet", "ModeSel"})  # each write of one is one command
 STORED_POINTS = ("ModeParW", "ModeParSoC")  # kept for the next ModeSel write
 
 
@@ -90,12 +90,14 @@ class ScadaControl:
     def check(self, written: dict) -> ExcCodes | None:
         if set(written) - {"WrEna"} and not (self.write_enable or written.get("WrEna") == 1):
             return ExcCodes.ILLEGAL_ADDRESS
+        sp = self._sunspec_setpoint(written)
+        if len(COMMAND_POINTS & set(written)) + (sp is not None) > 1:  # one request, one command: all or nothing
+            return ExcCodes.ILLEGAL_VALUE
         rated = self.node.rated_w
         if "NodeWSet" in written and abs(written["NodeWSet"]) > rated:
             return ExcCodes.ILLEGAL_VALUE
         if "ModeSel" in written and self._mode_command(written) is None:
             return ExcCodes.ILLEGAL_VALUE
-        sp = self._sunspec_setpoint(written)
         if sp is not None and abs(sp) > rated + 1e-6:
             return ExcCodes.ILLEGAL_VALUE
         return None

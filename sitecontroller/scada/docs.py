@@ -9,12 +9,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..drivers import bms, inverter, meter  # noqa: F401  (their error ids join the catalog)
+from ..drivers import bms, inverter, meter
 from ..drivers.modbus import load_profile
-from ..errors import catalog
+from ..errors import NODE_CODES, catalog
 from ..sim.modbus_server import ProfileServer
-from . import control  # noqa: F401  (registers SCADA_HEARTBEAT_LOST in the catalog)
-from .control import MODE_PARAMS
+from .control import HEARTBEAT_LOST, MODE_PARAMS
 from .service import load_map
 from .values import MAP_VERSION, error_code
 
@@ -47,7 +46,7 @@ battery, into the AC side); limits (`WChaRteMax`, `ClWChaMax`) are magnitudes. S
 | client address outside `scada.allow_write_from` | exception 01 ILLEGAL FUNCTION | none (reads are allowed) |
 | register is read-only, or a write splits a 32-bit point | exception 02 ILLEGAL ADDRESS | none |
 | `WrEna` = 0 and the write is not to `WrEna` | exception 02 ILLEGAL ADDRESS | none |
-| value outside the range below, power beyond the inverter rating, unknown mode, bad mode parameter | exception 03 ILLEGAL VALUE | none |
+| value outside the range below, power beyond the inverter rating, unknown mode, bad mode parameter, or one request that would be two commands (e.g. `ModeSel` and `ClTgtWSet` together) | exception 03 ILLEGAL VALUE | none |
 | the node refuses the command (e.g. a node setpoint while the node is in cluster control mode, state not run) | exception 04 DEVICE FAILURE | none; the audit log says why |
 | accepted | normal response once the command is done (cluster changes: once the Raft log committed them) | audited command |
 
@@ -99,6 +98,12 @@ def model_table(profile, sf_values: dict, model_id: int, start: int, length: int
     return lines + [""]
 
 
+def error_ids() -> dict[str, tuple[str, str]]:
+    """Every error id the node can list: its own, the driver families', SCADA's."""
+    return {**NODE_CODES, **bms.ISSUE_CODES, **inverter.ISSUE_CODES, **meter.ISSUE_CODES,
+            HEARTBEAT_LOST: catalog()[HEARTBEAT_LOST]}
+
+
 def meter_table() -> list[str]:
     meter = load_profile("em24", kind="meter")
     lines = ["## Meter gateway (unit `scada.meter_unit_id`, default 2): the site meter as a Carlo Gavazzi EM24", "",
@@ -125,7 +130,7 @@ def render() -> str:
     out += ["## Error codes (`Err1`..`Err8`)", "",
             "A stable number per error id (CRC-32 of the id, folded to 16 bits); most severe first.", "",
             "| code | id | severity | meaning |", "| --- | --- | --- | --- |"]
-    for eid, (severity, text) in sorted(catalog().items()):
+    for eid, (severity, text) in sorted(error_ids().items()):
         out.append(f"| {error_code(eid)} | {eid} | {severity} | {text} |")
     return "\n".join(out) + "\n"
 

@@ -18,7 +18,7 @@ from sitecontroller.scada.service import load_map
 from sitecontroller.sim.modbus_server import ProfileServer
 from tests.e2e.run_sim import RunSim
 from tests.protocol.test_mbpoll_meter import mbpoll_path
-from tests.util import free_tcp_port, isolated_example
+from tests.util import free_tcp_port, isolated_example, wait_until
 SERVED = ProfileServer(load_map(), port=1).profile  # the map with the addresses the node serves
 LINE = re.compile(r"^\[(\d+)\]:\s+(-?\d+)(?:\s+\(-?\d+\))?\s*$", re.MULTILINE)
 
@@ -81,6 +81,13 @@ class ScadaNode(RunSim, ScadaClient):
     def audit(self) -> list[dict]:
         path = self.data_dir / "audit.jsonl"
         return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+    def wait_audit(self, predicate, what: str, timeout_s: float = 5.0) -> dict:
+        """The first SCADA command line of the audit log that matches (the node writes it in the background)."""
+        def find():
+            return next((a for a in self.audit() if (a["payload"] or {}).get("source") == "scada" and predicate(a)),
+                        None)
+        return wait_until(find, timeout_s, 0.1, what)
 
 
 def exception_in(out: str) -> str | None:

@@ -45,7 +45,6 @@ async def test_our_sunspec_driver_steers_a_node_through_its_scada_server(node):
         drv.command(InverterCommand(p_w=0.0, run=False))  # stop: Conn = 0
         await async_wait_until(lambda: node.status()["request_w"] == 0, 5, 0.1, "stopped: 0 W")
         assert not {i.code for i in drv.issues()} & {"INV_WRITE_FAILED", "INV_COMM_LOST"}
-        audit = [a for a in node.audit() if a["payload"] and a["payload"].get("source") == "scada"]
-        assert any(a["status"] == "done" and a["payload"]["p_w"] == 2000 for a in audit)
+        node.wait_audit(lambda a: a["status"] == "done" and a["payload"].get("p_w") == 2000, "the audited 2000 W")
     finally:
         await drv.close()

@@ -29,10 +29,6 @@ def node(tmp_path):
         n.kill()
 
 
-def scada_commands(node) -> list[dict]:
-    return [a for a in node.audit() if a["payload"] and a["payload"].get("source") == "scada"]
-
-
 def assert_refused(node, point: str, value: int, code: str) -> None:
     before = len(node.audit())
     rc, out = node.write(point, value)
@@ -72,12 +68,12 @@ def test_node_setpoint_acts_and_a_refused_command_is_exception_04(node):
     assert s["setpoint_source"] == "scada" and s["request_w"] == 2000
     node.wait_status(lambda s: abs(s["p_w"] - 2000) < 30, 3, "inverter at 2000 W")
     assert node.read("NodeWSet") == [2000] and node.read("CtlSt") == [1]
-    cmd = scada_commands(node)[-1]
-    assert cmd["type"] == "set_power" and cmd["status"] == "done" and cmd["payload"]["p_w"] == 2000
+    node.wait_audit(lambda a: a["type"] == "set_power" and a["status"] == "done" and a["payload"]["p_w"] == 2000,
+                    "the audited set_power")
     # a cluster mode on a node without a cluster: the node refuses the command -> 04, nothing changes
     rc, out = node.write("ModeSel", 2)
     assert rc != 0 and exception_in(out) == "04", out
-    assert scada_commands(node)[-1]["status"] == "rejected"
+    node.wait_audit(lambda a: a["type"] == "cluster_mode" and a["status"] == "rejected", "the audited refusal")
     rc, out = node.write("NodeWSet", "--", "-1500")  # a charge request: negative = charge
     assert rc == 0, out
     assert node.status()["request_w"] == -1500
@@ -136,7 +132,7 @@ def heartbeat_round(node, timeout: float) -> None:
     assert time.monotonic() - t_last < timeout + 1.5  # within the timeout (+ one status call and a cycle)
     assert s["setpoint_source"] == "scada"  # hold_zero: SCADA holds 0 W, no other source takes over
     assert node.read("CtlSt") == [2]
-    assert any(a["payload"]["id"].startswith("scada-fallback") for a in scada_commands(node))
+    node.wait_audit(lambda a: a["payload"]["id"].startswith("scada-fallback"), "the audited fallback")
     # a heartbeat alone does not resume control
     assert node.write("Hb", beat + 1)[0] == 0
     assert node.status()["request_w"] == 0 and node.read("CtlSt") == [2]

@@ -174,3 +174,18 @@ async def test_heartbeat_loss_applies_the_configured_fallback(fallback, node_aft
     assert control.state == "fallback"
     assert await control.apply({"NodeWSet": 500.0}, ALLOWED) is None  # a fresh write does
     assert control.state == "controlling" and not node.errors.is_active("SCADA_HEARTBEAT_LOST")
+
+
+async def test_one_request_that_would_be_two_commands_is_refused_whole(rig):
+    client, profile = rig.clients[ALLOWED], rig.server.profile
+    assert not (await client.write_registers(profile.point("WrEna").address, [1], device_id=1)).isError()
+    before = await image(client)
+    # NodeWSet (2 registers) and ClTgtWSet (2) and Hb in one request: a node and a cluster command
+    start = profile.point("NodeWSet").address
+    assert profile.point("Hb").address == start + 4
+    rr = await client.write_registers(start, [0, 1000, 0, 2000, 1], device_id=1)
+    assert rr.isError() and rr.exception_code == 3
+    assert await image(client) == before and rig.node.commands.submitted == []
+    # NodeWSet alone: one command
+    rr = await client.write_registers(start, [0, 1000], device_id=1)
+    assert not rr.isError() and rig.node.commands.submitted[-1]["p_w"] == 1000

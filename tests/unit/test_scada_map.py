@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from sitecontroller.errors import catalog
 from sitecontroller.scada import docs
 from sitecontroller.scada.config import ScadaParams
 from sitecontroller.scada.service import load_map
@@ -41,7 +40,7 @@ def test_every_writable_point_has_a_range():
 
 
 def test_error_codes_are_distinct_and_stable():
-    codes = [error_code(e) for e in catalog()]
+    codes = [error_code(e) for e in docs.error_ids()]
     assert len(set(codes)) == len(codes) and 0 not in codes
     assert error_code("BMS_STALE") == error_code("BMS_STALE")
 
