@@ -79,6 +79,8 @@ def test_a_bad_device_key_is_reported_and_retried_with_backoff(emulator, cloud_n
     s = node.wait_status(lambda s: s.get("cloud") and s["cloud"]["problem"]
                          and "authentication failed" in s["cloud"]["problem"], 60, "authentication failure reported")
     assert s["cloud"]["connected"] is False and s["state"] == "run"
+    r = node.cli("status")
+    assert "cloud: NOT connected" in r.stdout and "authentication failed" in r.stdout, r.stdout
     wait_until(lambda: hub.output().count("signature does not match") >= 3, 30, 0.2, "three tries")
     out = node.output()
     assert "authentication failed" in out and "next try in" in out and "Traceback" not in out
