@@ -191,6 +191,11 @@ def cmd_status(args) -> int:
         print(f"  {e['severity'].upper():8} {e['id']}: {e['text']} ({flags})")
     if status["absent"]:
         print(f"  absent (no fresh data): {', '.join(status['absent'])}")
+    cloud = status.get("cloud")
+    if cloud:
+        from .cloud.telemetry import status_line
+
+        print(f"  {status_line(cloud)}")
     return 0
 
 

@@ -71,12 +71,12 @@ class OfflineQueue:
             self._prune()
             return seq
 
-    def peek(self, limit: int, after_id: int = 0) -> list[Queued]:
-        """The oldest `limit` messages (with an id above `after_id`), oldest first."""
+    def peek(self, limit: int) -> list[Queued]:
+        """The oldest `limit` messages, oldest first."""
         with self._lock:
             self._prune()
-            rows = self._db.execute("SELECT id, created, kind, properties, body FROM outbox WHERE id > ? "
-                                    "ORDER BY id LIMIT ?", (after_id, limit)).fetchall()
+            rows = self._db.execute("SELECT id, created, kind, properties, body FROM outbox ORDER BY id LIMIT ?",
+                                    (limit,)).fetchall()
         return [Queued(r[0], r[1], r[2], json.loads(r[3]), r[4]) for r in rows]
 
     def remove(self, ids: list[int]) -> None:

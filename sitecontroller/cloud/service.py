@@ -16,6 +16,7 @@ says so in status (`cloud.problem`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
@@ -36,6 +37,7 @@ BATCH = 100
 EVENT_TICK_S = 1.0
 
 
+@functools.cache
 def _firmware_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 

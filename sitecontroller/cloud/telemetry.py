@@ -25,6 +25,16 @@ def properties(kind: str) -> dict:
     return {"type": kind}
 
 
+def status_line(cloud: dict) -> str:
+    """The cloud part of `sitecontroller status`, for a technician."""
+    link = "connected" if cloud["connected"] else "NOT connected"
+    since = f" (last connected {cloud['last_connected']})" if cloud["last_connected"] else ""
+    oldest = f", oldest {cloud['oldest_queued_s']:.0f} s" if cloud["oldest_queued_s"] is not None else ""
+    line = (f"cloud: {link}{since}; queued {cloud['queued']}{oldest}, sent {cloud['sent']}, "
+            f"failed {cloud['failed']}, dropped {cloud['dropped']}")
+    return line + (f"; {cloud['problem']}" if cloud["problem"] else "")
+
+
 def cluster_mode(node) -> str:
     if node.cluster is None:
         return node.mode

@@ -86,57 +86,61 @@ class ParameterTwin:
 
     async def desired_twin(self, desired: dict) -> bool:
         """The whole desired side (after a connect): applied if newer than what we have."""
-        version = desired.get("$version", 0)
-        if version <= self.version:
-            return False
-        await self._change(desired.get("parameters") or {}, version, replace=True)
-        return True
+        async with self._lock:
+            version = desired.get("$version", 0)
+            if version <= self.version:
+                return False
+            await self._change(desired.get("parameters") or {}, version, replace=True)
+            return True
 
     async def desired_patch(self, patch: dict) -> str:
-        """One desired patch: 'applied' (or staged/rejected), 'old' (ignored) or 'gap' (read the whole twin)."""
-        version = patch.get("$version", 0)
-        if version <= self.version:
-            log.info("desired patch version %s is not newer than %s: ignored", version, self.version)
-            return "old"
-        if version != self.version + 1:
-            return "gap"
-        if "parameters" not in patch:
-            self.version = version
-            self.status = dict(self.status, desired_version=version)
+        """One desired patch: 'applied' (or staged/rejected), 'old' (ignored) or 'gap' (read the whole twin).
+        Patches wait for the one being applied, so each is checked against the version before it."""
+        async with self._lock:
+            version = patch.get("$version", 0)
+            if version <= self.version:
+                log.info("desired patch version %s is not newer than %s: ignored", version, self.version)
+                return "old"
+            if version != self.version + 1:
+                return "gap"
+            if "parameters" not in patch:
+                self.version = version
+                self.status = dict(self.status, desired_version=version)
+                return self.status["status"]
+            await self._change(patch["parameters"] or {}, version, replace=False)
             return self.status["status"]
-        await self._change(patch["parameters"] or {}, version, replace=False)
-        return self.status["status"]
 
     async def setup_device(self, doc: dict, origin: str) -> tuple[str, str]:
-        await self._change(doc, self.version, replace=False, origin=origin)
-        return self.status["status"], self.status["detail"]
+        async with self._lock:
+            await self._change(doc, self.version, replace=False, origin=origin)
+            return self.status["status"], self.status["detail"]
 
     async def _change(self, parameters, version: int, *, replace: bool, origin: str = "desired") -> None:
-        async with self._lock:
-            if not isinstance(parameters, dict):
-                self._set(version, REJECTED, "$.parameters: must be a JSON object (a partial site-parameter document)")
-                return
-            overlay = parameters if replace else merge(self.overlay, parameters)
-            try:
-                new = site_params.parse(merge(self.file_doc, overlay), origin)
-            except site_params.ParamsError as exc:
-                self._set(version, REJECTED, "; ".join(exc.problems) + ": nothing applied")
-                return
-            changed = {k for k in _leaves(overlay) | _leaves(self.overlay)
-                       if _get(new.model_dump(mode="json"), k) != _get(self.effective.model_dump(mode="json"), k)}
-            self.overlay = overlay
-            await asyncio.to_thread(self._write_cache, version)
-            runtime = {k for k in changed if k in RUNTIME_KEYS}
-            if runtime:
-                self._on_runtime_change(new)
-            staged = sorted(".".join(k) for k in changed - RUNTIME_KEYS)
-            applied = sorted(".".join(k) for k in runtime)
-            self.effective = new if not staged else self.effective.model_copy(update={"cloud": new.cloud})
-            if staged:
-                self._set(version, STAGED, f"needs a restart: {', '.join(staged)}"
-                          + (f"; applied now: {', '.join(applied)}" if applied else ""))
-            else:
-                self._set(version, APPLIED, f"applied: {', '.join(applied) or 'no change'}")
+        """Validate file ⊕ overlay as a whole; apply, stage or reject (the caller holds the lock)."""
+        if not isinstance(parameters, dict):
+            self._set(version, REJECTED, "$.parameters: must be a JSON object (a partial site-parameter document)")
+            return
+        overlay = parameters if replace else merge(self.overlay, parameters)
+        try:
+            new = site_params.parse(merge(self.file_doc, overlay), origin)
+        except site_params.ParamsError as exc:
+            self._set(version, REJECTED, "; ".join(exc.problems) + ": nothing applied")
+            return
+        new_doc, effective_doc = new.model_dump(mode="json"), self.effective.model_dump(mode="json")
+        changed = {k for k in _leaves(overlay) | _leaves(self.overlay) if _get(new_doc, k) != _get(effective_doc, k)}
+        self.overlay = overlay
+        await asyncio.to_thread(self._write_cache, version)
+        runtime = {k for k in changed if k in RUNTIME_KEYS}
+        if runtime:
+            self._on_runtime_change(new)
+        staged = sorted(".".join(k) for k in changed - RUNTIME_KEYS)
+        applied = sorted(".".join(k) for k in runtime)
+        self.effective = new if not staged else self.effective.model_copy(update={"cloud": new.cloud})
+        if staged:
+            self._set(version, STAGED, f"needs a restart: {', '.join(staged)}"
+                      + (f"; applied now: {', '.join(applied)}" if applied else ""))
+        else:
+            self._set(version, APPLIED, f"applied: {', '.join(applied) or 'no change'}")
 
     def _set(self, version: int, status: str, detail: str) -> None:
         self.version = max(self.version, version)

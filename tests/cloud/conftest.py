@@ -29,7 +29,11 @@ def cloud_node(tmp_path):
     """A simulated node (scripts/run-sim) whose `cloud` section points at an emulator."""
     started = []
 
-    def start(hub, device="node1", cluster=False, **cloud):
+    def start(hub, device="node1", cluster=False, restart_of=None, **cloud):
+        if restart_of is not None:  # the same parameter file and data directory again
+            node = NodeProcess(restart_of.params_file, restart_of.endpoint, tmp_path / f"{device}-{len(started)}.log")
+            started.append(node)
+            return node
         data = isolated_example("sim_node1.json", tmp_path)
         if cluster:  # a cluster of one: cluster modes go through its Raft log
             public = keys.generate(tmp_path / "node1")

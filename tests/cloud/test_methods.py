@@ -44,6 +44,9 @@ def test_state_restart_and_unavailable_methods(emulator, cloud_node):
     node.wait_status(lambda s: s["state"] == "error", 5, "node in error")
     code, body = hub.invoke("node1", "GoToState_Running", {})
     assert code == 409 and body["status"] == "rejected" and body["detail"], body
+    # a cluster mode on a node without the cluster feature: refused with the reason
+    code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {})
+    assert code == 409 and "cluster" in body["detail"], body
     # unknown and not-yet methods
     code, body = hub.invoke("node1", "Self_Destruct", {})
     assert code == 404 and "unknown method" in body["detail"]
@@ -82,8 +85,11 @@ def test_mode_methods_go_through_the_cluster(emulator, cloud_node):
     node = cloud_node(hub, cluster=True)
     node.wait_status(lambda s: s.get("cloud") and s["cloud"]["connected"] and s["role"] == "leader", 60,
                      "a connected leader")
-    code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {"target_soc": 0.9, "max_charge_w": 1000})
+    code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {"target_soc": 0.9, "max_charge_w": 1000,
+                                                            "request_id": "mode-1"})
     assert code == 200 and body["status"] in ("done", "accepted"), body
+    code, again = hub.invoke("node1", "GoToMode_ChargeOnly", {"target_soc": 0.9, "request_id": "mode-1"})
+    assert code == 200 and again["command_id"] == "cloud-mode-1" and again["detail"].startswith("duplicate"), again
     wait_until(lambda: hub.twin()["reported"].get("mode") == "charge_only", 15, 0.2, "mode reported")
     code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {"target_soc": 7})
     assert code == 400 and body["detail"].startswith("$.target_soc"), body

@@ -3,12 +3,13 @@ once, the rest staged for a restart, invalid ones rejected with nothing applied,
 (older never overwrites newer, a gap reads the whole twin), the last valid overlay cached on disk."""
 import asyncio
 import json
+import random
 import types
 
 import pytest
 
 from sitecontroller import params as site_params
-from sitecontroller.cloud.twin import ParameterTwin, with_cached
+from sitecontroller.cloud.twin import ParameterTwin, merge, with_cached
 from tests.util import isolated_example, wait_until
 
 
@@ -98,3 +99,36 @@ def test_twin_patches_through_the_sdk_and_a_patch_sent_during_an_outage(emulator
     code, body = hub.invoke("node1", "Setup_Device", {"battery": {"capacity_wh": -1}})
     assert code == 400 and "$.battery.capacity_wh" in body["detail"], body
     assert "Traceback" not in node.output()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_patch_orders_end_where_the_hub_is(twin, seed):
+    """Desired patches arrive late, twice or out of order (seeded); the client reads the whole twin
+    on a gap, as the service does. Invariants after every step: the version never goes back, the
+    overlay is always one that validated, and at the end it is the hub's (the last valid) state."""
+    t, _, _ = twin
+    rng = random.Random(seed)
+    hub, versions = {}, []  # the hub's desired parameters after each version
+    patches = []
+    for version in range(2, 12):
+        patch = {"cloud": {"telemetry_interval_s": rng.choice([1, 2, 5, 0.2])}} if rng.random() < 0.7 else \
+            {"safety": {"ramp_w_per_s": rng.choice([1000, 4000])}}
+        hub = merge(hub, patch)
+        versions.append(hub)
+        patches.append({"$version": version, "parameters": patch})
+    arrivals = patches + rng.sample(patches, 4)
+    rng.shuffle(arrivals)
+    last_version = t.version
+    for patch in arrivals:
+        if asyncio.run(t.desired_patch(patch)) == "gap":  # read the whole twin, as the hub has it now
+            asyncio.run(t.desired_twin({"$version": 11, "parameters": versions[-1]}))
+        assert t.version >= last_version
+        last_version = t.version
+        site_params.parse(merge(t.file_doc, t.overlay))  # what is in effect always validates
+    assert t.version == 11
+    try:
+        site_params.parse(merge(t.file_doc, versions[-1]))
+    except site_params.ParamsError:
+        assert t.status["status"] == "rejected"  # the hub's last state is invalid: the last valid one stays
+    else:
+        assert t.overlay == versions[-1]

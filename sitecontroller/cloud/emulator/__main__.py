@@ -1,10 +1,14 @@
 """hub-emulator: a local IoT Hub (device protocol over MQTT/TLS and WSS) to try the cloud side without Azure.
 
-    hub-emulator --dir var/hub serve --device node1          # prints the connection string files
+    hub-emulator --dir var/hub serve --device node1          # writes var/hub/node1.cs and var/hub/ca.pem
     hub-emulator --dir var/hub invoke node1 GoToState_Running '{}'
-    hub-emulator --dir var/hub desired node1 '{"parameters": {"telemetry": {"interval_s": 5}}}'
+    hub-emulator --dir var/hub desired node1 '{"parameters": {"cloud": {"telemetry_interval_s": 5}}}'
     hub-emulator --dir var/hub twin node1
     hub-emulator --dir var/hub telemetry node1 --follow
+
+A node uses it with a `cloud` section naming those files: {"connection_string_file": "var/hub/node1.cs",
+"ca_cert_file": "var/hub/ca.pem"} (relative to the parameter file). The state directory keeps the CA,
+the device keys, the twins and the telemetry across restarts.
 """
 from __future__ import annotations
 

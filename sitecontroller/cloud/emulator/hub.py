@@ -73,7 +73,6 @@ class HubEmulator:
         self._pending: dict[tuple[str, str], asyncio.Future] = {}
         self._mqtt: asyncio.AbstractServer | None = None
         self._runners: list[web.AppRunner] = []
-        self._telemetry_seen = asyncio.Condition()
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -146,19 +145,6 @@ class HubEmulator:
         if session.device_id and self.sessions.get(session.device_id) is session:
             del self.sessions[session.device_id]
             log.info("%s disconnected", session.device_id)
-
-    def telemetry_arrived(self, device_id: str) -> None:
-        async def notify():
-            async with self._telemetry_seen:
-                self._telemetry_seen.notify_all()
-        asyncio.ensure_future(notify())
-
-    async def wait_telemetry(self, timeout_s: float) -> None:
-        async with self._telemetry_seen:
-            try:
-                await asyncio.wait_for(self._telemetry_seen.wait(), timeout_s)
-            except TimeoutError:
-                pass
 
     # --- operator side -----------------------------------------------------------------------
     async def invoke(self, device_id: str, method: str, payload, timeout_s: float = METHOD_TIMEOUT_S):

@@ -126,7 +126,6 @@ class DeviceSession:
         if topic.startswith(events):  # stored before it is acknowledged: at least once
             props = dict(urllib.parse.parse_qsl(topic[len(events):].rstrip("/")))
             self.hub.registry.store_message(me, props, msg.payload)
-            self.hub.telemetry_arrived(me)
         elif not (rid and topic.startswith(("$iothub/twin/GET/", "$iothub/twin/PATCH/properties/reported/",
                                              "$iothub/methods/res/"))):
             log.warning("%s: publish to %r refused (not its topic): disconnected", me, topic)
