@@ -27,6 +27,7 @@ class BatteryStatus:
     contactor_closed: bool
     racks_online: int
     racks_total: int
+    cell_t_min_c: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ def snapshot(node) -> NodeStatus:
         battery=None if bms is None else BatteryStatus(
             round(bms.pack_v, 2), round(bms.pack_a, 2), bms.soh, round(bms.cell_v_min_v, 4),
             round(bms.cell_v_max_v, 4), round(bms.cell_t_max_c, 2), bms.contactor_closed,
-            bms.racks_online, bms.racks_total),
+            bms.racks_online, bms.racks_total, round(bms.cell_t_min_c, 2)),
         absent=sorted(k for k in ("bms", "inverter", "meter") if img is None or getattr(img, k) is None),
         errors=[ErrorStatus(e.id, e.severity, e.text, e.source, e.active, e.acknowledged)
                 for e in node.errors.listed()],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from importlib.metadata import PackageNotFoundError, version
 
-MAP_VERSION = 1  # bump on any change of an address, type, scale or meaning in registers.toml
+MAP_VERSION = 2  # bump on any change of an address, type, scale or meaning in registers.toml
 MANUFACTURER = "BESS cluster controller"
 MODEL = "battery node"
 MAX_ERRORS = 8  # Err1..Err8
@@ -20,6 +20,13 @@ SEVERITY_ORDER = {"critical": 0, "error": 1, "warning": 2}
 # The node's state as a SunSpec operating state (model 103 St) and battery state (802 State).
 INVERTER_STATE = {"init": "starting", "run": "running", "sleep": "sleeping", "maintenance": "standby",
                   "error": "fault", "restart": "shutting_down", "reboot": "shutting_down"}
+
+
+# Our error ids as SunSpec 802 Evt1 alarm names (registers.toml Bat_Evt1), while active.
+BATTERY_EVENTS = {"BMS_STALE": "COMMUNICATION_ERROR", "CELL_OVERTEMP": "OVER_TEMP_ALARM",
+                  "CELL_UNDERTEMP": "UNDER_TEMP_ALARM", "CELL_OVERVOLTAGE": "OVER_VOLT_ALARM",
+                  "CELL_UNDERVOLTAGE": "UNDER_VOLT_ALARM", "BMS_FAULT": "OTHER_ALARM",
+                  "BMS_DATA_INVALID": "OTHER_ALARM", "BMS_ALARM": "OTHER_WARNING"}
 
 
 def error_code(error_id: str) -> int:
@@ -48,6 +55,7 @@ def live_values(status: dict, cluster: dict | None, *, rated_w: float,
         "term": status.get("term"), "rated_w": rated_w, "capacity_wh": capacity_wh,
         "error_count": len(errors), "error_codes": [error_code(e["id"]) for e in errors[:MAX_ERRORS]]
                                                    + [0] * (MAX_ERRORS - min(MAX_ERRORS, len(errors))),
+        "bat_events": frozenset(BATTERY_EVENTS[e["id"]] for e in errors if e["active"] and e["id"] in BATTERY_EVENTS),
     }
     _put(out, "p_w", status.get("p_w"))
     if status.get("soc") is not None:
@@ -58,7 +66,7 @@ def live_values(status: dict, cluster: dict | None, *, rated_w: float,
         out.update(dc_v=bat["pack_v"], dc_a=abs(bat["pack_a"]), dc_a_signed=bat["pack_a"],
                    dc_w=bat["pack_v"] * bat["pack_a"], soh_pct=100.0 * bat["soh"],
                    cell_v_max_v=bat["cell_v_max_v"], cell_v_min_v=bat["cell_v_min_v"],
-                   cell_t_max_c=bat["cell_t_max_c"],
+                   cell_t_max_c=bat["cell_t_max_c"], cell_t_min_c=bat["cell_t_min_c"],
                    bat_state="connected" if bat["contactor_closed"] else "disconnected")
     if cluster is not None:
         out.update(_cluster_values(cluster))

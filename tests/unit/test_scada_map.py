@@ -49,8 +49,11 @@ STATUS = {
     "node_id": "node7", "state": "run", "control_mode": "local", "role": "alone", "term": None,
     "soc": 0.523, "p_w": -1500.0, "limits": {"charge_w": 4000.0, "discharge_w": 5000.0, "reasons": []},
     "battery": {"pack_v": 52.1, "pack_a": -28.8, "soh": 0.97, "cell_v_min_v": 3.28, "cell_v_max_v": 3.31,
-                "cell_t_max_c": 24.5, "contactor_closed": True, "racks_online": 2, "racks_total": 2},
-    "errors": [{"id": "METER_STALE", "severity": "warning"}, {"id": "BMS_FAULT", "severity": "critical"}],
+                "cell_t_max_c": 24.5, "cell_t_min_c": 21.0, "contactor_closed": True, "racks_online": 2,
+                "racks_total": 2},
+    "errors": [{"id": "METER_STALE", "severity": "warning", "active": True},
+               {"id": "BMS_FAULT", "severity": "critical", "active": True},
+               {"id": "CELL_OVERTEMP", "severity": "critical", "active": False}],  # latched, no longer present
 }
 
 
@@ -59,7 +62,10 @@ def test_live_values_keep_our_signs_and_convert_fractions_to_percent():
     assert v["soc_pct"] == pytest.approx(52.3) and v["soh_pct"] == pytest.approx(97)
     assert v["p_w"] == -1500 and v["dc_a_signed"] == -28.8 and v["dc_a"] == 28.8  # charging: negative
     assert (v["charge_limit_w"], v["discharge_limit_w"]) == (4000, 5000)  # magnitudes
-    assert v["error_codes"][:2] == [error_code("BMS_FAULT"), error_code("METER_STALE")]  # most severe first
+    assert v["error_codes"][:3] == [error_code("BMS_FAULT"), error_code("CELL_OVERTEMP"),
+                                    error_code("METER_STALE")]  # most severe first
+    assert v["bat_events"] == {"OTHER_ALARM"}  # 802 Evt1: the BMS fault, not the overtemperature that is over
+    assert (v["cell_t_min_c"], v["cell_t_max_c"]) == (21.0, 24.5)
     assert v["map_version"] == MAP_VERSION and v["node_id"] == "node7"
     assert "cluster_soc_pct" not in v and "leader_id" not in v
 
