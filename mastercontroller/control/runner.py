@@ -75,7 +75,8 @@ class ModeRunner:
         if state.limits is not None:
             image = replace(image, limit_charge_w=state.limits["charge_w"], limit_discharge_w=state.limits["discharge_w"])
         reserve = allocate(state.services, image.nodes)
-        image = replace(image, nodes=without_reserve(image.nodes, reserve))  # the mode sees what it may use
+        if reserve.held:
+            image = replace(image, nodes=without_reserve(image.nodes, reserve))  # the mode sees what it may use
         try:
             if state.version != self._version or self._key is None:  # parameters change only with the version
                 self._version = state.version

@@ -334,7 +334,8 @@ class Plant:
         self.solar.step(self.rng, dt_s)
         self.load.step(self.rng, dt_s)
         self.step_node(dt_s)
-        self.grid.trace({"node": self.inverter.p_w})
+        if self.grid.playing:
+            self.grid.trace({"node": self.inverter.p_w})
 
     def step_node(self, dt_s: float) -> None:
         """This node's own devices only: the inverter moves power through the battery."""

@@ -66,7 +66,8 @@ class SitePlant:
             self.unserved_w = self.curtailed_w = 0.0
             for node in self.nodes.values():
                 node.step_node(dt_s)
-        self.grid.trace({node_id: node.inverter.p_w for node_id, node in self.nodes.items()})
+        if self.grid.playing:
+            self.grid.trace({node_id: node.inverter.p_w for node_id, node in self.nodes.items()})
 
     def _island(self, dt_s: float) -> None:
         """The grid is lost. The forming inverters carry load - PV, shared in proportion to their
