@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Annotated, Literal
 
-import numpy as np
 from pydantic import AwareDatetime, Field, ValidationInfo, field_validator, model_validator
 
 from .base import ClusterImage, ModeParams, ModeResult, reserve_limits
@@ -116,11 +115,15 @@ def _hhmm(params: Params, index: int) -> str:
 
 
 def _forecast(value, first: int, n: int) -> np.ndarray:
+    import numpy as np  # numpy on first use (as scipy): a node that never plans does not load it
+
     return np.asarray(value[first:], dtype=float) if isinstance(value, tuple) else np.full(n - first, float(value))
 
 
 def _replan(image: ClusterImage, params: Params, index: int, end_soc: float | None) -> Memory:
     """A fresh plan from slot ``index`` (its remaining part) to the end of the price list."""
+    import numpy as np
+
     n, first, soc = len(params.prices), max(index, 0), image.soc
     usable = image.usable_wh
     if end_soc is None and soc is not None:

@@ -27,10 +27,9 @@ memory, which only a node that plans should pay. ``ready()`` lets a caller that 
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
-
-import numpy as np
 
 _solver: tuple | None = None          # (scipy.sparse, scipy.optimize.linprog) once imported
 _loading: threading.Thread | None = None
@@ -73,6 +72,8 @@ class Plan:
 
 
 def _series(name: str, value, n: int | None) -> np.ndarray:
+    import numpy as np  # numpy on first use: a node that never plans does not load it
+
     arr = np.atleast_1d(np.asarray(value, dtype=float))
     if n is not None and arr.size == 1 and n > 1:
         arr = np.full(n, float(arr[0]))
@@ -85,7 +86,7 @@ def _series(name: str, value, n: int | None) -> np.ndarray:
 
 def _check(name: str, value: float, low: float, high: float, low_open: bool = False) -> float:
     value = float(value)
-    if not np.isfinite(value) or value < low or value > high or (low_open and value == low):
+    if not math.isfinite(value) or value < low or value > high or (low_open and value == low):
         raise ValueError(f"{name} must be in {'(' if low_open else '['}{low}, {high}], got {value!r}")
     return value
 
@@ -100,6 +101,8 @@ def plan(prices, load_w, pv_w, slot_s, soc0: float, usable_wh: float, charge_w: 
     (a scalar is constant); ``slot_s``: one duration or one per slot; powers in W, SOC 0..1.
     ``soc_end_min`` defaults to soc0, so the plan cannot profit from just emptying the battery.
     """
+    import numpy as np
+
     price = _series("prices", prices, None)
     n = price.size
     export = np.zeros(n) if export_prices is None else _series("export_prices", export_prices, n)
