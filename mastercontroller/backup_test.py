@@ -100,7 +100,7 @@ def describe(r: dict) -> str:
 def cmd_backup_test(args) -> int:
     from sitecontroller.cli import _ask
     from sitecontroller.sim.endpoint import SimUnreachable, sim_request
-    from sitecontroller.sim.run_site import read_site_index
+    from sitecontroller.sim.site_index import read_site_index
 
     if not 1 <= args.seconds <= 3600:
         print(f"sitecontroller cluster backup-test: --seconds must be from 1 to 3600, got {args.seconds:g}",

@@ -75,7 +75,7 @@ def known_nodes() -> tuple[list[dict], str]:
     """The nodes `--node ID` can name: the site scripts/run-sim --nodes N runs (its index), else every node
     running on this machine; and where they were found (for messages)."""
     from .running import run_dir, running_nodes
-    from .sim.run_site import read_site_index, site_index_path
+    from .sim.site_index import read_site_index, site_index_path
 
     index = read_site_index()
     if index is not None:
@@ -101,7 +101,7 @@ def node_endpoint(node_id: str) -> str:
 def _first_site_node_answering() -> str | None:
     """With a site running (run-sim --nodes N): the endpoint of the first of its nodes that answers."""
     from .control_endpoint import NodeUnreachable, request
-    from .sim.run_site import read_site_index
+    from .sim.site_index import read_site_index
 
     index = read_site_index()
     for n in (index or {}).get("nodes", []):

@@ -113,7 +113,7 @@ def _data_dirs(args) -> dict[str, Path]:
     if args.params:
         files = [args.params]
     else:
-        from .sim.run_site import read_site_index
+        from .sim.site_index import read_site_index
 
         index = read_site_index() or {}
         files = [n["params"] for n in index.get("nodes", []) if not args.node or n["node_id"] in args.node]

@@ -36,7 +36,7 @@ def _endpoint(args) -> str:
             exc.report()
             sys.exit(2)
         return params.simulation.endpoint if params.simulation else DEFAULT_SIM_ENDPOINT
-    from .run_site import read_site_index
+    from .site_index import read_site_index
 
     index = read_site_index()  # a site that run-sim --nodes N runs
     if index is not None and isinstance(index.get("sim_endpoint"), str):

@@ -30,7 +30,7 @@ ports, data directories (DIR/var/nodeK) and starting SOCs (spread from 0.3 to
 The ports are the examples' (node K: control 5550+K-1, devices 15020+10(K-1)..,
 simulator 5560), or, with --free-ports, free ones the OS picks. run-sim prints
 one summary line a second for the whole site (`site_summary_line`), and writes
-the site index (`site_index_path()`: node id -> control endpoint, parameter
+the site index (`site_index.site_index_path()`: node id -> control endpoint, parameter
 file; the simulator's endpoint) that `sitecontroller ... --node ID` reads; it
 removes it when it stops. Each node is restarted by itself as above; SIGTERM
 stops every node (together), then the simulator.

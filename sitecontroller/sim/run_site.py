@@ -7,9 +7,7 @@ runs the simulator and the nodes and restarts each node by itself.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +18,7 @@ from pathlib import Path
 
 from .run_sim import (READY_TIMEOUT_S, RESTART_CODES, RESTART_DELAY_S, ROOT, SITE_TEMPLATES, Supervisor, _child_setup,
                       _status, say)
+from .site_index import remove_site_index, write_site_index
 
 MAX_NODES = 20
 SIM_ENDPOINT_PORT = 5560  # the examples' layout: the simulator, node K's control endpoint and devices
@@ -122,50 +121,6 @@ def make_site_params(n: int, site_dir: Path, templates: list[Path], free_ports: 
         path.write_text(json.dumps(data, indent=2) + "\n")
         files.append(path)
     return files
-
-
-# --- the site index: which node answers where (sitecontroller ... --node ID reads it) ------------
-def site_index_path() -> Path:
-    """`site.json` in a folder of the run directory (running.run_dir(): $SITECONTROLLER_RUN_DIR,
-    $XDG_RUNTIME_DIR/sitecontroller or /tmp/sitecontroller-UID), where every running node is listed too."""
-    from ..running import run_dir
-
-    return run_dir() / "site" / "site.json"
-
-
-def write_site_index(nodes: list[dict], sim_endpoint: str, site_dir: Path) -> Path:
-    from ..running import _started_at
-
-    path = site_index_path()
-    data = {"pid": os.getpid(), "started_at": _started_at(os.getpid()), "sim_endpoint": sim_endpoint,
-            "site_dir": str(site_dir), "nodes": nodes}
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".site.json.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-    return path
-
-
-def remove_site_index() -> None:
-    """Remove the index if this process wrote it (another run-sim may have written its own since)."""
-    path = site_index_path()
-    with contextlib.suppress(OSError, ValueError):
-        if json.loads(path.read_text()).get("pid") == os.getpid():
-            path.unlink()
-
-
-def read_site_index() -> dict | None:
-    """The index of the site that runs now: {"pid", "sim_endpoint", "nodes": [{"node_id", "endpoint",
-    "params"}, ...]}, or None (none, unreadable, or its run-sim is gone)."""
-    from ..running import _alive
-
-    try:
-        data = json.loads(site_index_path().read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not isinstance(data.get("nodes"), list) or not _alive(data):
-        return None
-    return data
 
 
 # --- the site's summary line ---------------------------------------------------------------------
