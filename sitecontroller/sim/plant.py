@@ -291,8 +291,28 @@ class Load:
         self.noise += -self.noise * min(1.0, dt_s / 20) + rng.gauss(0, 0.02) * math.sqrt(dt_s)
 
 
+class ConnectionPoint:
+    """What is measured at a grid connection point of its load, PV and voltages: a single node's
+    `Plant`, or a `SitePlant` of several nodes (each has `solar`, `load`, `grid`, `wall_s`, `phases`)."""
+
+    @property
+    def pv_w(self) -> float:
+        return self.solar.power_w(self.wall_s)
+
+    @property
+    def load_w(self) -> float:
+        return self.load.power_w(self.wall_s)
+
+    def phase_split(self, total: float) -> tuple[float, ...]:
+        weights = (0.36, 0.33, 0.31)[: self.phases]
+        return tuple(total * w for w in weights)
+
+    def phase_v(self) -> tuple[float, ...]:
+        return tuple(self.grid.nominal_v * (1 + 0.005 * k) for k in range(self.phases))
+
+
 @dataclass
-class Plant:
+class Plant(ConnectionPoint):
     """One battery node behind one grid connection point with PV and load."""
 
     battery: Battery
@@ -342,25 +362,10 @@ class Plant:
         dc_w = self.inverter.step(self.battery, dt_s)
         self.battery.step(dc_w, dt_s)
 
-    # --- what meters and inverters measure -------------------------------
-    @property
-    def pv_w(self) -> float:
-        return self.solar.power_w(self.wall_s)
-
-    @property
-    def load_w(self) -> float:
-        return self.load.power_w(self.wall_s)
-
+    # --- what meters and inverters measure (and ConnectionPoint's) ---------------
     @property
     def grid_p_w(self) -> float:
         """At the connection point, positive = import (in a site of several nodes: the site's one meter)."""
         if self.site is not None:
             return self.site.grid_p_w
         return self.load_w - self.pv_w - self.inverter.p_w
-
-    def phase_split(self, total: float) -> tuple[float, ...]:
-        weights = (0.36, 0.33, 0.31)[: self.phases]
-        return tuple(total * w for w in weights)
-
-    def phase_v(self) -> tuple[float, ...]:
-        return tuple(self.grid.nominal_v * (1 + 0.005 * k) for k in range(self.phases))

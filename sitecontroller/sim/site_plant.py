@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import random
 
-from .plant import Grid, Load, Plant, Solar
+from .plant import ConnectionPoint, Grid, Load, Plant, Solar
 
 
-class SitePlant:
+class SitePlant(ConnectionPoint):
     """Several battery nodes behind ONE grid connection point: one load, one PV field, one grid, one meter.
 
     Each node keeps its own `Plant` (its battery and inverter, which its simulated BMS and
@@ -103,14 +103,6 @@ class SitePlant:
             node.battery.step(node.inverter.carry(share, dt_s), dt_s)
 
     @property
-    def pv_w(self) -> float:
-        return self.solar.power_w(self.wall_s)
-
-    @property
-    def load_w(self) -> float:
-        return self.load.power_w(self.wall_s)
-
-    @property
     def nodes_p_w(self) -> float:
         """The sum of every node's inverter power (positive = discharge)."""
         return sum(node.inverter.p_w for node in self.nodes.values())
@@ -122,10 +114,3 @@ class SitePlant:
         if self.grid.lost:
             return 0.0
         return self.load_w - self.pv_w - self.nodes_p_w
-
-    def phase_split(self, total: float) -> tuple[float, ...]:
-        weights = (0.36, 0.33, 0.31)[: self.phases]
-        return tuple(total * w for w in weights)
-
-    def phase_v(self) -> tuple[float, ...]:
-        return tuple(self.grid.nominal_v * (1 + 0.005 * k) for k in range(self.phases))
