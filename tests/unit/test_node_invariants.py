@@ -32,7 +32,8 @@ from tests.unit.test_node import Rig
 
 SEEDS = range(28)  # seed 27 restarts from error with only INV_STALE latched (I5)
 CYCLES = 250
-FAULTS = ["cell_ov", "overtemp", "bms_silent", "inverter_silent", "inverter_trip", "ignores_writes", "grid_lost"]
+FAULTS = ["cell_ov", "overtemp", "bms_silent", "inverter_silent", "inverter_trip", "ignores_writes", "grid_lost",
+          "freq_event"]
 ERROR_CODES = ["ESTOP", "CELL_OVERVOLTAGE", "CELL_OVERTEMP", "BMS_STALE", "INV_NOT_FOLLOWING", "all"]
 
 
@@ -74,6 +75,8 @@ class FaultyRig(Rig):
             self.ignores_writes = on
         elif name == "grid_lost":  # the inverter reports islanded operation (the follow check's window)
             self.plant.grid.lost = on
+        elif name == "freq_event":  # 49.4 Hz: the grid services' responses go to full power
+            self.plant.grid.freq_offset_hz = -0.6 if on else 0.0
 
 
 def random_command(rng):
@@ -143,7 +146,8 @@ def test_invariants_hold_over_random_commands_and_faults(make_params, seed):
 @pytest.mark.parametrize("seed", range(12))
 def test_invariants_hold_in_a_cluster_with_backup_hardware(make_params, seed):
     """The node steered by random dispatches (some missing), with or without backup hardware,
-    through the same random commands and faults, the grid lost now and then (I6 above all)."""
+    through the same random commands and faults, the grid lost now and then, holding frequency reserve
+    that frequency events call on (I6 above all; I1-I3 with the responses on top of the base)."""
     me = {"node_id": "node1", "raft": "127.0.0.1:1", "data": "127.0.0.1:2", "public_key": zmq.curve_keypair()[0].decode()}
     params = make_params(features={"CLUSTER": True, "BACKUP": seed % 3 != 0}, cluster={"members": [me]})
     run_random(params, seed, dispatch=True)
@@ -151,7 +155,7 @@ def test_invariants_hold_in_a_cluster_with_backup_hardware(make_params, seed):
 
 def run_random(params, seed, dispatch=False):
     rng = random.Random(seed)
-    rig = FaultyRig(params)
+    rig = new_rig(params, dispatch)
     active = set()
     for cycle in range(CYCLES):
         where = f"seed {seed} cycle {cycle}"
@@ -176,9 +180,18 @@ def run_random(params, seed, dispatch=False):
         if rig.node.exit_requested is not None:  # restart: the process exits, a new one starts
             finish_stop(rig, where + " (stopping)")
             rig.node.commands.close()
-            rig = FaultyRig(params)
+            rig = new_rig(params, dispatch)
             for name in active:
                 rig.fault(name, True)
+
+
+def new_rig(params, dispatch):
+    rig = FaultyRig(params)
+    if dispatch:  # a leader's reserve allocation: the node responds to its own frequency on top of the base
+        rig.node.grid_services.allocate({"ffr": 3000.0, "fcr_d_up": 2000.0, "fcr_n": 1000.0},
+                                        {"ffr": {"activation_hz": 49.5, "blocking_s": 5}}, term=1,
+                                        now=rig.clock.monotonic(), valid_s=3600)
+    return rig
 
 
 def test_restart_from_error_under_estop_never_closes_the_contactors(make_params):
