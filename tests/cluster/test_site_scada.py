@@ -51,7 +51,9 @@ def test_cluster_values_from_any_node_and_cluster_writes_through_raft(site, tmp_
     # a mode with its parameter: self_consumption holding the grid at 0 W
     assert m.write("ModeParW", 0)[0] == 0
     assert m.write("ModeSel", 2)[0] == 0  # answered once the Raft log has committed it
-    assert all(view(s, n)["mode"] == "self_consumption" for n in NODES)
+    # committed: every member applies it (a follower learns the commit with the leader's next message)
+    assert wait_until(lambda: all(view(s, n)["mode"] == "self_consumption" for n in NODES), 3, 0.1,
+                      "every member in self_consumption")
     assert wait_until(lambda: clients[leader].read("ModeSel") == [2], 3, 0.1, "the leader's map shows it")
     # a cluster target: mode local, 3000 W
     beat = 0
