@@ -9,6 +9,7 @@ import sunspec2.modbus.client as sunspec_client
 
 from sitecontroller.scada.values import MAP_VERSION, error_code
 from tests.protocol.scada_rig import ScadaNode
+from tests.util import wait_until
 
 pytestmark = pytest.mark.slow  # a node process
 
@@ -88,5 +89,7 @@ def error_codes_round(node) -> None:
     assert rc == 0, out
     # no heartbeat: SCADA_HEARTBEAT_LOST is listed, and served as Err1
     s = node.wait_status(lambda s: any(e["id"] == "SCADA_HEARTBEAT_LOST" for e in s["errors"]), 6, "heartbeat lost")
+    # the register bank is refreshed on its own period, after the status file: poll it with a deadline
+    code = error_code("SCADA_HEARTBEAT_LOST")
+    wait_until(lambda: code in node.read("Err1", count=8), 5, 0.2, "SCADA_HEARTBEAT_LOST served as an error code")
     assert node.read("ErrCnt") == [len(s["errors"])]
-    assert error_code("SCADA_HEARTBEAT_LOST") in node.read("Err1", count=8)
