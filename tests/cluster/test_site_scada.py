@@ -70,4 +70,4 @@ def test_cluster_values_from_any_node_and_cluster_writes_through_raft(site, tmp_
                    "the previous mode back")
     st = s.status(follower)
     assert any(e["id"] == "SCADA_HEARTBEAT_LOST" for e in st["errors"])
-    assert m.read("CtlSt") == [2]
+    wait_until(lambda: m.read("CtlSt") == [2], 3, 0.1, "CtlSt fallback (the bank refreshes once per cycle)")

@@ -11,6 +11,7 @@ from pymodbus.pdu import ExceptionResponse
 
 from sitecontroller.scada.values import MAP_VERSION
 from tests.protocol.scada_rig import ScadaNode, exception_in, pymodbus_write, run
+from tests.util import wait_until
 
 pytestmark = pytest.mark.slow  # a node process
 
@@ -132,7 +133,7 @@ def heartbeat_round(node, timeout: float) -> None:
                          timeout + 3, "fallback hold_zero")
     assert time.monotonic() - t_last < timeout + 1.5  # within the timeout (+ one status call and a cycle)
     assert s["setpoint_source"] == "scada"  # hold_zero: SCADA holds 0 W, no other source takes over
-    assert node.read("CtlSt") == [2]
+    wait_until(lambda: node.read("CtlSt") == [2], 3, 0.1, "CtlSt fallback (the bank refreshes once per cycle)")
     node.wait_audit(lambda a: a["payload"]["id"].startswith("scada-fallback"), "the audited fallback")
     # a heartbeat alone does not resume control
     assert node.write("Hb", beat + 1)[0] == 0
