@@ -175,7 +175,7 @@ def cmd_remove(args) -> int:
 def add_cluster_parser(sub, talk) -> None:
     from sitecontroller.cli import _watts
 
-    cluster = sub.add_parser("cluster", help="the site cluster: keys, status, target (a member with features.CLUSTER)")
+    cluster = sub.add_parser("cluster", help="the site cluster: keys, status, mode, target, grid services (a node without features.CLUSTER is a cluster of one)")
     csub = cluster.add_subparsers(dest="cluster_cmd", required=True, metavar="COMMAND",
                                   help="what to do (each has its own --help)")
     p = csub.add_parser("keygen", help="create this node's CurveZMQ key pair in its data directory; prints the public key")

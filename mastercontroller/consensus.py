@@ -1,7 +1,7 @@
 """Cluster consensus: pysyncobj Raft over the ZeroMQ/CURVE transport (transport.py).
 
 The replicated state (``state.ClusterState``: mode, mode parameters, cluster target, cluster
-limits, a version bumped by every change) lives in a pysyncobj consumer (``state.py``); every change goes
+limits, a version bumped by every change; ``state.py``) lives in a pysyncobj consumer (``StateMachine``); every change goes
 through the Raft log (``propose`` works on any node: a follower forwards to the leader).
 The journal and the full dump live in ``data_dir``, so a restarted node comes back with its
 state, term and vote.
@@ -47,13 +47,23 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import _socket
+import socket
+
+import pysyncobj.win_inet_pton  # noqa: F401  (see below)
 import zmq
-from pysyncobj import SyncObj, SyncObjConf
+from pysyncobj import SyncObj, SyncObjConf, SyncObjConsumer, replicated
 from pysyncobj.config import FAIL_REASON
 
 from mastercontroller import keys
-from mastercontroller.state import ClusterState, StateMachine, validate_change
+from mastercontroller.state import ClusterState, ConsensusError, apply, validate_change  # noqa: F401 (ConsensusError: re-exported)
 from mastercontroller.transport import ZmqNode, ZmqTransport
+
+# pysyncobj 0.3.17 replaces `socket.inet_ntop` with a Windows-only version on every OS
+# (pysyncobj/win_inet_pton.py, last line), which breaks anything else in the process that formats an
+# IPv4/IPv6 address (psutil's socket listing, for one): put the real one back. pysyncobj is imported
+# here only, so a node that is no cluster member never loads it (nor the `cryptography` it pulls in).
+socket.inet_ntop = _socket.inet_ntop
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +78,21 @@ RETRY_PAUSE_S = 0.05
 _FAIL_NAMES = {v: k for k, v in vars(FAIL_REASON).items() if k.isupper()}
 
 
-class ConsensusError(RuntimeError):
-    """A cluster operation failed (no leader, timeout, refused)."""
+class StateMachine(SyncObjConsumer):
+    """The replicated state: pysyncobj serializes the attributes set after __init__ (state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.state = ClusterState()
+
+    @replicated
+    def apply_change(self, change):
+        try:
+            change = validate_change(change)  # deterministic: the same on every node
+        except ValueError as e:
+            return ("error", str(e))
+        self.state = apply(self.state, change)
+        return self.state
 
 
 @dataclass(frozen=True)

@@ -48,17 +48,15 @@ from sitecontroller.control.services import parse_params as parse_service_params
 from sitecontroller.control.sources import CLUSTER
 from sitecontroller.cycle import aligned_start
 
-from . import keys
-from .consensus import ClusterConsensus, ConsensusError, Member
 from .control import parse_params
 from .control.base import ClusterImage
 from .control.runner import ModeRunner
-from .dataplane import DataPlane, Peer
 from .dispatch import DispatchParams, NodeView
 from .fence import TermFence
 from .membership import Membership
 from .messages import DispatchMessage, StatusMessage
 from .reserve import refusal
+from .state import ConsensusError
 
 log = logging.getLogger("mastercontroller")
 
@@ -76,16 +74,10 @@ class ClusterService:
         self.period_s = params.cycle.period_s
         self.valid_s = cluster.dispatch_valid_s
         self.reserve_valid_s = cluster.reserve_valid_s
-        public, secret = keys.load(params.data_dir)
-        self.consensus = ClusterConsensus(
-            self.me, [Member(m.node_id, m.raft, m.public_key, m.data) for m in cluster.members], params.data_dir,
-            secret_key=secret, public_key=public, lease_s=cluster.lease_s)
-        own = next(m for m in cluster.members if m.node_id == self.me)
-        self.plane = DataPlane(self.me, own.data, [Peer(m.node_id, m.data, m.public_key) for m in cluster.members],
-                               public_key=public, secret_key=secret,
-                               on_status=self._on_status, on_dispatch=self._on_dispatch)
-        self.membership = Membership([m.node_id for m in cluster.members], cluster.status_stale_s)
-        self._member_ids = {m.node_id for m in cluster.members}  # what the data plane and membership follow
+        self.consensus, self.plane = self._connect(params)
+        member_ids = [m.node_id for m in self.consensus.members()]
+        self.membership = Membership(member_ids, cluster.status_stale_s)
+        self._member_ids = set(member_ids)  # what the data plane and membership follow
         self.fence = TermFence(self.me)
         self.runner = ModeRunner(dispatch_params, backup=params.features.BACKUP)
         self.heard: DispatchMessage | None = None  # the last dispatch this node executed
@@ -102,6 +94,23 @@ class ClusterService:
         self._task: asyncio.Task | None = None
         node.executor.cluster_handler = self.handle
         node.cluster = self
+
+    def _connect(self, params):
+        """Raft and the data plane of a member of a cluster (features.CLUSTER); imported here, so
+        a cluster of one (solo.py) never loads pysyncobj."""
+        from . import keys
+        from .consensus import ClusterConsensus, Member
+        from .dataplane import DataPlane, Peer
+
+        cluster = params.cluster
+        public, secret = keys.load(params.data_dir)
+        consensus = ClusterConsensus(
+            self.me, [Member(m.node_id, m.raft, m.public_key, m.data) for m in cluster.members], params.data_dir,
+            secret_key=secret, public_key=public, lease_s=cluster.lease_s)
+        own = next(m for m in cluster.members if m.node_id == self.me)
+        plane = DataPlane(self.me, own.data, [Peer(m.node_id, m.data, m.public_key) for m in cluster.members],
+                          public_key=public, secret_key=secret, on_status=self._on_status, on_dispatch=self._on_dispatch)
+        return consensus, plane
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -149,6 +158,8 @@ class ClusterService:
             if m.data is None:  # a node added without its data address (not through our command)
                 log.error("cluster member %s joined without a data address: it is not heard", node_id)
             else:
+                from .dataplane import Peer
+
                 self.plane.connect(Peer(node_id, m.data, m.public_key))
                 log.info("cluster member %s joined (raft %s, data %s)", node_id, m.address, m.data)
         self._member_ids = set(members)
@@ -307,6 +318,8 @@ class ClusterService:
                 return f"grid service {what} (version {state.version})", {"services": state.services or {},
                                                                           "version": state.version}
         elif cmd.type == "cluster_add_member":
+            from .consensus import Member
+
             m = cmd.member
             member = Member(m.node_id, m.raft, m.public_key, m.data)
 

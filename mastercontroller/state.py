@@ -1,6 +1,6 @@
-"""The cluster's replicated state (DESIGN §5) and the pysyncobj consumer that holds it.
+"""The cluster's replicated state (DESIGN §5): what it holds and how a change applies.
 
-Every change goes through the Raft log (consensus.py ``propose``) and is validated by
+Every change goes through the Raft log (consensus.py ``propose``; in a cluster of one, solo.py) and is validated by
 ``validate_change`` the same way on every node: a change sets values (mode, mode
 parameters, the local request and its time, cluster limits, one grid service's contracted
 capacity and parameters), so applying it twice is harmless. The checks here are structural only, so that every node, whatever version of the
@@ -14,7 +14,9 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 
-from pysyncobj import SyncObjConsumer, replicated
+class ConsensusError(RuntimeError):
+    """A cluster operation failed (no leader, timeout, refused)."""
+
 
 _CHANGE_KEYS = ("mode", "mode_params", "target_w", "target_wall", "limits", "service")
 
@@ -123,20 +125,3 @@ def apply(state: ClusterState, change: dict) -> ClusterState:
             services.pop(svc["name"], None)
         change["services"] = services or None
     return replace(state, **change, version=state.version + 1)
-
-
-class StateMachine(SyncObjConsumer):
-    """The replicated state: pysyncobj serializes the attributes set after __init__ (state)."""
-
-    def __init__(self):
-        super().__init__()
-        self.state = ClusterState()
-
-    @replicated
-    def apply_change(self, change):
-        try:
-            change = validate_change(change)  # deterministic: the same on every node
-        except ValueError as e:
-            return ("error", str(e))
-        self.state = apply(self.state, change)
-        return self.state

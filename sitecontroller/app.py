@@ -48,9 +48,10 @@ async def run_node(params, *, simulate: bool = False, summary: bool = False, clo
     devices = make_devices(params, clock, plant=site.plant if site else None)
     services = [lambda node: ControlServer(params.control.endpoint, node)]
     if params.features.CLUSTER:
-        from mastercontroller.service import ClusterService
-
-        services.insert(0, ClusterService)  # a member before the endpoint answers for it
+        from mastercontroller.service import ClusterService as cluster
+    else:  # a cluster of one: the cluster's modes and grid services on this node alone
+        from mastercontroller.solo import SoloService as cluster
+    services.insert(0, cluster)  # before the endpoint answers for it
     if params.scada.enabled:
         from .scada.service import ScadaService
 

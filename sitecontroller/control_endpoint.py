@@ -42,7 +42,7 @@ class ControlServer(JsonEndpoint):
             return {"ok": True, "ack": ack.to_dict()}
         if op == "cluster_status":
             if self.node.cluster is None:
-                return {"ok": False, "error": "this node is not a cluster member (features.CLUSTER is off)"}
+                return {"ok": False, "error": "this node runs no cluster service"}
             return {"ok": True, "cluster": self.node.cluster.cluster_status()}
         return {"ok": False, "error": f"unknown op {op!r}; allowed: status, command, cluster_status"}
 

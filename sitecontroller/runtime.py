@@ -64,7 +64,7 @@ class NodeRuntime:
             self.node.errors.sync("run_marker", {"UNCLEAN_EXIT": unclean} if unclean else {})
         await self.devices.start()
         period = self.params.cycle.period_s
-        t0 = aligned_start(self.clock, period) if self.params.features.CLUSTER else None  # members cycle in step
+        t0 = aligned_start(self.clock, period)  # a cluster's members cycle in step, its dispatch just before
         self._cycles = asyncio.create_task(
             run_cycles(self.clock, period, self.node.step, self.stopping, self.node.stats, t0), name="cycle")
         self._watch = asyncio.create_task(self._watch_exit(), name="exit-watch")

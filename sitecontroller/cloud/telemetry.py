@@ -4,7 +4,7 @@ Every message is JSON (UTF-8) with the message property `type` for routing:
     SC_Spot_10s             every `cloud.telemetry_interval_s`: state, mode, role, SOC, SOH, power, limits, cells,
                             inverter and meter readings, frequency, active errors
     SC_state_event          a node state change (from, to, reason)
-    SC_cluster_state_event  from the leader: leader, term, membership or mode changed
+    SC_cluster_state_event  from the leader (or a cluster of one): leader, term, membership or mode changed
     SC_error_event          an error raised or cleared
     SC_command_event        the final status of a cloud command
 The offline queue adds the per-node monotonic `seq`; `ts` is ISO-8601 UTC.
@@ -92,7 +92,7 @@ class EventWatch:
             for code in sorted(self._errors - active.keys()):
                 out.append((ERROR, {"ts": ts, "code": code, "raised": False}))
         self._errors = set(active)
-        if node.cluster is not None and status["role"] == "leader":
+        if node.cluster is not None and status["role"] in ("leader", "alone"):
             c = node.cluster.cluster_status()
             now = (c["leader"], c["term"], tuple(m["node_id"] for m in c["members"]), c["mode"])
             if now != self._cluster:

@@ -3,7 +3,9 @@
 Pure. The node's *control mode* says who may steer it:
 
 - `local`: the node runs on its own. A technician at the node (`local`, the
-  CLI) outranks SCADA, which outranks a cloud request.
+  CLI) outranks SCADA, which outranks a cloud request, which outranks the
+  node's own cluster-of-one mode (`cluster`, mastercontroller/solo.py): a
+  person's fresh request overrides the mode while it lasts.
 - `cluster`: the node is one rack of a cluster. Only the leader's dispatch
   steers it; with no fresh dispatch the node holds 0 W (DESIGN §2.4: it never
   keeps executing a stale command).
@@ -19,7 +21,7 @@ from typing import Mapping
 from .sources import CLOUD, CLUSTER, LOCAL, SCADA, SetpointReading
 
 PRIORITY: dict[str, tuple[str, ...]] = {
-    "local": (LOCAL, SCADA, CLOUD),
+    "local": (LOCAL, SCADA, CLOUD, CLUSTER),
     "cluster": (CLUSTER,),
 }
 CONTROL_MODES = tuple(PRIORITY)
@@ -44,5 +46,6 @@ def arbitrate(mode: str, setpoints: Mapping[str, SetpointReading]) -> Choice:
 
 
 def accepts(mode: str, source: str) -> bool:
-    """Whether a source can ever own the setpoint in this mode (edges reject early)."""
-    return source in PRIORITY[mode]
+    """Whether a request from this source may own the setpoint in this mode (edges reject early).
+    Only the cluster service fills the `cluster` source of a node in `local` mode."""
+    return source in PRIORITY[mode] and not (mode == "local" and source == CLUSTER)

@@ -1,5 +1,6 @@
 """The twelve direct methods through the real SDK and the emulator (TLS): each answered with its
 Command's outcome: success, 400 naming the field, 409 when the state forbids it, 404 unknown,
+a mode on a node without the cluster feature (a cluster of one),
 501 not in this version, duplicates answered from the command book, too old (408), rate limit (429)."""
 import datetime as dt
 
@@ -44,9 +45,6 @@ def test_state_restart_and_unavailable_methods(emulator, cloud_node):
     node.wait_status(lambda s: s["state"] == "error", 5, "node in error")
     code, body = hub.invoke("node1", "GoToState_Running", {})
     assert code == 409 and body["status"] == "rejected" and body["detail"], body
-    # a cluster mode on a node without the cluster feature: refused with the reason
-    code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {})
-    assert code == 409 and "cluster" in body["detail"], body
     # unknown and not-yet methods
     code, body = hub.invoke("node1", "Self_Destruct", {})
     assert code == 404 and "unknown method" in body["detail"]
@@ -67,6 +65,18 @@ def test_rate_limit_per_method(emulator, cloud_node):
     codes = [hub.invoke("node1", "GoToState_Running", {})[0] for _ in range(4)]
     assert codes == [200, 200, 200, 429], codes
     assert hub.invoke("node1", "GoToState_Idling", {})[0] == 200  # per method
+
+
+def test_a_node_without_the_cluster_feature_runs_a_mode_as_a_cluster_of_one(emulator, cloud_node):
+    hub = emulator()
+    node = cloud_node(hub)
+    _connected(node)
+    code, body = hub.invoke("node1", "GoToMode_ChargeOnly", {"target_soc": 0.9, "max_charge_w": 1000})
+    assert code == 200 and body["status"] == "done", body
+    s = node.wait_status(lambda s: s["setpoint_source"] == "cluster" and abs(s["p_w"] + 1000) < 50, 15,
+                         "the node charging at 1000 W by itself")
+    assert s["role"] == "alone"
+    wait_until(lambda: hub.twin()["reported"].get("mode") == "charge_only", 15, 0.2, "mode reported")
 
 
 def test_restart_device_is_an_orderly_restart(emulator, cloud_node):

@@ -72,13 +72,16 @@ def test_node_setpoint_acts_and_a_refused_command_is_exception_04(node):
     assert node.read("NodeWSet") == [2000] and node.read("CtlSt") == [1]
     node.wait_audit(lambda a: a["type"] == "set_power" and a["status"] == "done" and a["payload"]["p_w"] == 2000,
                     "the audited set_power")
-    # a cluster mode on a node without a cluster: the node refuses the command -> 04, nothing changes
-    rc, out = node.write("ModeSel", 2)
-    assert rc != 0 and exception_in(out) == "04", out
-    node.wait_audit(lambda a: a["type"] == "cluster_mode" and a["status"] == "rejected", "the audited refusal")
     rc, out = node.write("NodeWSet", "--", "-1500")  # a charge request: negative = charge
     assert rc == 0, out
     assert node.status()["request_w"] == -1500
+    # a request the node's state forbids (e-stop: state error): the node refuses the command -> 04
+    assert node.cli("estop", "engage", "--endpoint", node.endpoint).returncode == 0
+    node.wait_status(lambda s: s["state"] == "error", 5, "node in error")
+    rc, out = node.write("NodeWSet", 1000)
+    assert rc != 0 and exception_in(out) == "04", out
+    node.wait_audit(lambda a: a["type"] == "set_power" and a["status"] == "rejected", "the audited refusal")
+    assert node.status()["request_w"] != 1000 and node.status()["setpoint_w"] == 0
 
 
 def test_sunspec_setpoint_points_steer_the_node_like_our_driver_writes_them(node):

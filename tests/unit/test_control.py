@@ -127,7 +127,8 @@ ARBITER_ROWS = [
     ("local", {"scada": 2000.0}, "scada", 2000.0),
     ("local", {"cloud": -500.0, "scada": 2000.0}, "scada", 2000.0),
     ("local", {"local": 1000.0, "scada": 2000.0, "cloud": 3000.0}, "local", 1000.0),
-    ("local", {"cluster": 4000.0}, None, 0.0),  # a dispatch never steers a node in local mode
+    ("local", {"cluster": 4000.0}, "cluster", 4000.0),  # the node's own cluster-of-one mode (solo.py) ...
+    ("local", {"cluster": 4000.0, "cloud": -500.0}, "cloud", -500.0),  # ... below every person's request
     ("cluster", {"cluster": 4000.0, "local": 1000.0}, "cluster", 4000.0),
     ("cluster", {"local": 1000.0, "scada": 2000.0}, None, 0.0),  # no fresh dispatch: 0 W
 ]
