@@ -3,7 +3,7 @@
     GoToState_Idling / GoToState_Running    set_state sleep / run
     Restart_Device                          restart ({"reboot": true}: reboot)
     Setup_Device                            a (partial) site-parameter document, applied as a twin patch is
-    GoToMode_SelfConsumption … GridForming  cluster_mode with that mode's parameters (through the Raft log)
+    GoToMode_SelfConsumption … GridForming  cluster_mode with that mode's parameters (Raft log; or a cluster of one)
     Update_Device, Receive_Artifact         501: not available in this version
 
 Reserved payload keys, taken out before the rest is validated:
