@@ -1,6 +1,6 @@
 """Every input is a validated command (DESIGN §2.5).
 
-A request from any edge (local CLI, later IoT Hub methods, twin patches,
+A request from any edge (local CLI, IoT Hub methods, twin patches,
 SCADA writes) becomes one typed `Command`: validated once against its schema,
 deduplicated by id, queued for the next control cycle, executed there, and
 acknowledged with a final status. Every status change is appended to a JSONL
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
 from .audit import read_recent
 from .schema_base import ID_PATTERN, ClusterMember, Strict
@@ -78,6 +78,21 @@ class EStop(_Base):
 class Restart(_Base):
     type: Literal["restart"]
     reboot: bool = False
+
+
+class ApplyParameters(_Base):
+    """Put run-time site parameters (`live_params.RUNTIME_KEYS`) in effect, whole, between two cycles,
+    checked with the parameters in effect as one document."""
+
+    type: Literal["apply_parameters"]
+    parameters: dict = Field(..., description="a partial site-parameter document of run-time keys only")
+    origin: str = Field("", max_length=200, description="what asked for it (a twin version, a method)")
+
+    @field_validator("parameters")
+    @classmethod
+    def _runtime_only(cls, v: dict) -> dict:
+        from .live_params import runtime_only  # (live_params imports this module)
+        return runtime_only(v)
 
 
 class ClusterSetpoint(_Base):
@@ -130,7 +145,7 @@ class ClusterRemoveMember(_Base):
     node_id: str = Field(..., pattern=ID_PATTERN)
 
 
-_TYPES = (SetPower, SetState, AckError, EStop, Restart, ClusterSetpoint, ClusterMode, ClusterService,
+_TYPES = (SetPower, SetState, AckError, EStop, Restart, ApplyParameters, ClusterSetpoint, ClusterMode, ClusterService,
           ClusterAddMember, ClusterRemoveMember)
 Command = Annotated[Union[_TYPES], Field(discriminator="type")]
 _ADAPTER: TypeAdapter = TypeAdapter(Command)

@@ -12,6 +12,9 @@ service when one is plugged in (`cluster_handler`, same signature as a handler;
 it may return None and finish the command itself once the Raft log has committed
 the change), and rejected with the reason otherwise.
 
+`apply_parameters` is not carried out here but at the very start of the cycle, before the image
+is frozen (`live_params.LiveParams.run`), so that a whole cycle decides with one set of parameters.
+
 Power requests are not kept here: a `set_power` command writes the setpoint
 source of its edge (CLI → local, SCADA → scada, cloud → cloud), and the
 arbiter decides each cycle which source owns the setpoint.

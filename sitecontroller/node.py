@@ -1,11 +1,13 @@
 """One node's cycle: read → decide → write (DESIGN §2.2).
 
-`Node.step()` is one cycle: freeze the drivers' latest readings into a process
-image, sync errors from the drivers, the protection checks and the follow
-check, execute queued commands (`executor.py`), freeze the setpoint sources,
-move the state machine, decide (`control.decide`), and hand the setpoints to
-the drivers. It never waits on I/O, so the same code runs under the real clock
-(a field node) and the simulated one (tests, simulated days).
+`Node.step()` is one cycle: put queued parameter changes in effect first
+(`live_params.py`: before anything in the cycle reads a parameter), freeze the
+drivers' latest readings into a process image, sync errors from the drivers,
+the protection checks and the follow check, execute the other queued commands
+(`executor.py`), freeze the setpoint sources, move the state machine, decide
+(`control.decide`), and hand the setpoints to the drivers. It never waits on
+I/O, so the same code runs under the real clock (a field node) and the
+simulated one (tests, simulated days).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import logging
 from dataclasses import replace
 
 from . import control
-from .commands import CommandBook
+from .commands import FAILED, CommandBook
 from .control import ControlInput, Decision, FollowMonitor, SetpointSources
 from .control.services import frequency_hz
 from .control.services.allocation import GridServices
@@ -24,6 +26,7 @@ from .drivers.factory import Devices
 from .errors import ErrorRegistry
 from .grid_events import EventRecorder
 from .executor import CommandExecutor
+from .live_params import LiveParams
 from .orderly_stop import OrderlyStop
 from .process_image import ProcessImage, freeze
 from .state_machine import NodeStateMachine
@@ -68,6 +71,8 @@ class Node:
         self._uncontrolled_since: float | None = None
         self.image: ProcessImage | None = None
         self.decision: Decision | None = None
+        self.in_cycle = False  # True from the end of the parameter changes to the end of the cycle
+        self.live = LiveParams(self)  # run-time parameter changes (after everything it configures)
 
     @property
     def setpoint_w(self) -> float:
@@ -81,18 +86,29 @@ class Node:
             return 0.0
         return control.q_headroom_var(self.rated_w, d.setpoint_w)
 
+    def swap_params(self, new, origin: str = "") -> dict:
+        """Put new site parameters in effect between two cycles, on the node's event-loop thread;
+        only run-time keys may differ (`live_params.LiveParams.swap`). Returns {key: (old, new)}."""
+        return self.live.swap(new, origin)
+
     # --- the cycle ------------------------------------------------------------------
     def step(self) -> None:
         """One cycle. Never raises: a failing cycle commands the safe state instead."""
+        commands: list = []
         try:
-            self._step()
+            commands = self.live.run(self.commands.take())  # between two cycles: parameter changes first
+            self.in_cycle = True
+            self._step(commands)
         except Exception as exc:
             self._fail_safe(exc)
+            self._fail_taken(commands, exc)
         else:
             if self.errors.is_active("CYCLE_FAILED"):
                 self.errors.clear("CYCLE_FAILED")
+        finally:
+            self.in_cycle = False
 
-    def _step(self) -> None:
+    def _step(self, commands) -> None:
         now = self.clock.monotonic()
         d = self.devices
         image = freeze(
@@ -103,7 +119,8 @@ class Node:
         self.image = image
         self._sync_errors(image, now)
         self._fault_if_critical()  # before commands: they see the state the node is really in
-        self.executor.run(self.commands.take(), image)
+        self.executor.run(commands, image)
+        commands.clear()  # carried out or handed on (a cluster command awaits its commit)
         self._drive_state()
         if self.states.state in ("restart", "reboot"):
             self.begin_stop()
@@ -161,6 +178,16 @@ class Node:
                 safe_step()
             except Exception:  # keep going: every step that works makes the node safer
                 log.exception("fail-safe step failed")
+
+    def _fail_taken(self, commands, exc: Exception) -> None:
+        """Commands taken by a cycle that failed before carrying them out: each gets its final ack."""
+        for cmd in commands:
+            try:
+                ack = self.commands.ack_of(cmd.id)
+                if ack is None or not ack.final:
+                    self.commands.finish(cmd, FAILED, f"not carried out: the control cycle failed ({exc!r})")
+            except Exception:
+                log.exception("failing command %s failed", cmd.id)
 
     def _sync_errors(self, image: ProcessImage, now: float) -> None:
         staleness = self.params.staleness

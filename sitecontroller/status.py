@@ -78,6 +78,8 @@ class NodeStatus:
     grid_services: dict[str, Any] | None = None  # the node's reserve allocation and responses (None: none)
     freq_hz: float | None = None  # the node's frequency measurement (inverter, else meter)
     cloud: dict[str, Any] | None = None  # IoT Hub link and offline queue (None: no cloud section)
+    parameters: dict[str, Any] = field(default_factory=dict)  # the run-time site parameters in effect (live_params)
+    parameters_changed: dict[str, Any] | None = None  # the last run-time change: wall, origin, keys [old, new]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -130,4 +132,6 @@ def snapshot(node) -> NodeStatus:
         grid_services=node.grid_services.status(now) if node.grid_services.term is not None else None,
         freq_hz=None if img is None else frequency_hz(img),
         cloud=None if node.cloud is None else node.cloud.status(),
+        parameters=node.live.in_effect,
+        parameters_changed=node.live.last_change,
     )

@@ -74,7 +74,7 @@ class CloudService:
         self.queue = OfflineQueue(data / "outbox.sqlite", self.cfg.offline_queue.max_age_s,
                                   int(self.cfg.offline_queue.max_mb * 1024 * 1024), wall=node.clock.wall)
         self._queue_stats = self.queue.stats()
-        self.twin = ParameterTwin(node, self._runtime_change)
+        self.twin = ParameterTwin(node)
         self.methods = MethodRouter(node, self.cfg, self._setup_device, self._command_event)
         self.events = tm.EventWatch()
         self._io = ThreadPoolExecutor(1, thread_name_prefix="cloud-queue")
@@ -84,6 +84,7 @@ class CloudService:
         self._interval_changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._reported: dict = {}
+        node.live.listeners.append(self._runtime_change)
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -102,6 +103,8 @@ class CloudService:
                         asyncio.create_task(self._sender(), name="cloud-sender")]
 
     async def close(self) -> None:
+        if self._runtime_change in self.node.live.listeners:
+            self.node.live.listeners.remove(self._runtime_change)
         for task in self._tasks:
             task.cancel()
         self.methods.close()
@@ -204,9 +207,12 @@ class CloudService:
         asyncio.ensure_future(self._report())
         return outcome
 
-    def _runtime_change(self, params) -> None:
-        self.interval_s = params.cloud.telemetry_interval_s
-        self._interval_changed.set()
+    def _runtime_change(self, old, new) -> None:
+        """Run-time site parameters changed (`live_params`, on the node's loop, between two cycles):
+        the telemetry loop takes a new interval at once."""
+        if new.cloud is not None and new.cloud.telemetry_interval_s != self.interval_s:
+            self.interval_s = new.cloud.telemetry_interval_s
+            self._interval_changed.set()
 
     async def _report(self) -> None:
         status = self.node.status()

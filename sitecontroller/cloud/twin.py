@@ -3,14 +3,17 @@
 The desired `{"parameters": {...}}` is a partial site-parameter document (an *overlay* on the
 parameter file). A change is validated as a whole (file ⊕ overlay, the same validation as
 `check-params`): if anything is wrong, nothing is applied and the status says which field. If valid,
-what may change at run time is applied at once (RUNTIME_KEYS) and the rest is staged: it takes
-effect at the next start, and the status says `staged` with the keys that need a restart.
+the keys that may change at run time (`live_params.RUNTIME_KEYS`: safety, staleness, pid, telemetry,
+cloud.telemetry_interval_s) are put in effect at once, through the node's `apply_parameters` command
+(carried out between two cycles, audited), and the rest is staged: it takes effect at the next start,
+and the status says `staged` with the keys that need a restart (and those applied now). What is in
+effect is the node's `params`; the twin compares each change with it.
 
 Versions: a patch is applied only on top of the version before it; an older version never overwrites
 a newer one; a gap (a patch lost while offline, or out of order) makes the client read the whole
-twin again. The last valid overlay is cached in the data directory (`cloud/desired.json`), and
-`with_cached` lays it over the parameter file at start, so a node starts as the cloud left it even
-without the cloud.
+twin again. The last valid overlay is cached in the data directory (`cloud/desired.json`) once its
+run-time part is in effect, and `with_cached` lays it over the parameter file at start, so a node
+starts as the cloud left it even without the cloud.
 """
 from __future__ import annotations
 
@@ -18,39 +21,18 @@ import asyncio
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 
+from .. import live_params
 from .. import params as site_params
+from ..commands import DONE
+from ..live_params import merge
 
 log = logging.getLogger("sitecontroller.cloud")
 
-RUNTIME_KEYS = {("cloud", "telemetry_interval_s")}  # applied at once; everything else needs a restart
 APPLIED, STAGED, REJECTED = "applied", "staged", "rejected"
-
-
-def merge(into: dict, patch: dict) -> dict:
-    """A twin patch on a document: null deletes, objects merge, anything else replaces. Returns a copy."""
-    out = json.loads(json.dumps(into))
-    for key, value in patch.items():
-        if key.startswith("$"):
-            continue
-        if value is None:
-            out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _leaves(doc: dict, prefix=()) -> set[tuple]:
-    out = set()
-    for key, value in doc.items():
-        if isinstance(value, dict) and value:
-            out |= _leaves(value, prefix + (key,))
-        else:
-            out.add(prefix + (key,))
-    return out
+APPLY_WITHIN_S = 10.0  # the node carries a change out at its next cycle (100 ms); this is the far bound
 
 
 def _cache_file(params) -> Path:
@@ -70,10 +52,9 @@ def with_cached(params):
 
 
 class ParameterTwin:
-    def __init__(self, node, on_runtime_change):
+    def __init__(self, node):
         self.node = node
         self.file_doc = node.params.model_dump(mode="json")  # what the node started with (file ⊕ cache)
-        self._on_runtime_change = on_runtime_change  # (params) -> None
         self._lock = asyncio.Lock()  # one change at a time, in the order they arrive
         cache = _cache_file(node.params)
         try:
@@ -82,7 +63,6 @@ class ParameterTwin:
         except (OSError, ValueError, KeyError):
             self.overlay, self.version = {}, 0
         self.status = {"desired_version": self.version, "status": APPLIED, "detail": "parameter file"}
-        self.effective = node.params
 
     async def desired_twin(self, desired: dict) -> bool:
         """The whole desired side (after a connect): applied if newer than what we have."""
@@ -116,7 +96,8 @@ class ParameterTwin:
             return self.status["status"], self.status["detail"]
 
     async def _change(self, parameters, version: int, *, replace: bool, origin: str = "desired") -> None:
-        """Validate file ⊕ overlay as a whole; apply, stage or reject (the caller holds the lock)."""
+        """Validate file ⊕ overlay as a whole; put its run-time part in effect, stage the rest, or reject
+        it all (the caller holds the lock)."""
         if not isinstance(parameters, dict):
             self._set(version, REJECTED, "$.parameters: must be a JSON object (a partial site-parameter document)")
             return
@@ -126,21 +107,33 @@ class ParameterTwin:
         except site_params.ParamsError as exc:
             self._set(version, REJECTED, "; ".join(exc.problems) + ": nothing applied")
             return
-        new_doc, effective_doc = new.model_dump(mode="json"), self.effective.model_dump(mode="json")
-        changed = {k for k in _leaves(overlay) | _leaves(self.overlay) if _get(new_doc, k) != _get(effective_doc, k)}
+        live, staged = live_params.split(self.node.params, new)  # compared with what is in effect
+        note = ""
+        if live:
+            what = f"{origin} version {version}" if origin == "desired" else origin
+            ack = await self._apply({key: value for key, (_, value) in live.items()}, what)
+            if ack.final and ack.status != DONE:
+                self._set(version, REJECTED, ack.detail if ack.detail.endswith("nothing applied")
+                          else f"{ack.detail}: nothing applied")
+                return
+            if not ack.final:  # queued: carried out at the node's next cycle (or failed as it stops)
+                note = " (the node carries it out at its next cycle)"
         self.overlay = overlay
         await asyncio.to_thread(self._write_cache, version)
-        runtime = {k for k in changed if k in RUNTIME_KEYS}
-        if runtime:
-            self._on_runtime_change(new)
-        staged = sorted(".".join(k) for k in changed - RUNTIME_KEYS)
-        applied = sorted(".".join(k) for k in runtime)
-        self.effective = new if not staged else self.effective.model_copy(update={"cloud": new.cloud})
+        applied = ", ".join(sorted(live)) + note
         if staged:
             self._set(version, STAGED, f"needs a restart: {', '.join(staged)}"
-                      + (f"; applied now: {', '.join(applied)}" if applied else ""))
+                      + (f"; applied now: {applied}" if live else ""))
         else:
-            self._set(version, APPLIED, f"applied: {', '.join(applied) or 'no change'}")
+            self._set(version, APPLIED, f"applied: {applied if live else 'no change'}")
+
+    async def _apply(self, values: dict, origin: str):
+        """The run-time part as an `apply_parameters` command; its final ack (or the current one after
+        APPLY_WITHIN_S)."""
+        commands = self.node.commands
+        ack = commands.submit({"id": f"params-{uuid.uuid4().hex}", "type": "apply_parameters", "source": "cloud",
+                               "parameters": live_params.document(values), "origin": origin[:200]})
+        return ack if ack.final else await commands.wait_final(ack.id, APPLY_WITHIN_S)
 
     def _set(self, version: int, status: str, detail: str) -> None:
         self.version = max(self.version, version)
@@ -160,10 +153,3 @@ class ParameterTwin:
     def reported(self) -> dict:
         return {"parameters": self.overlay, "parameters_status": self.status}
 
-
-def _get(doc, path):
-    for key in path:
-        if not isinstance(doc, dict) or key not in doc:
-            return None
-        doc = doc[key]
-    return doc

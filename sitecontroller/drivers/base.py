@@ -105,6 +105,10 @@ class InverterDriver(Driver[InverterReading]):
     def command(self, cmd: InverterCommand) -> None:
         """Set the power setpoint and run/stop (non-blocking; the driver writes it)."""
 
+    def set_soc_window(self, soc_reserve: float, soc_max: float) -> None:
+        """The node's SOC window changed at run time: a model with a device-side SOC stop writes the
+        new one with its next command (default: the device has none, nothing to do)."""
+
 
 class MeterDriver(Driver[MeterReading]):
     kind = "meter"

@@ -171,3 +171,39 @@ async def test_indevolt_soc_limit_comes_from_the_node_and_stops_the_device():
     finally:
         await drv.close()
         await sim.close()
+
+
+async def test_a_soc_window_changed_at_run_time_is_written_with_the_next_command():
+    """The node's soc_reserve / soc_max changed at run time (live_params): the device-side SOC stops
+    follow with the next command, the same command as before (no new setpoint needed)."""
+    plant, cfg = make_plant(soc=0.6), config("luxpowertek")
+    sim = SimModbusInverter(plant, cfg)
+    await sim.start()
+    drv = ModbusInverter(cfg, RealClock(), soc_window=(0.5, 0.9))
+    try:
+        await drv.start()
+        drv.command(InverterCommand(p_w=1234.0))
+        await async_wait_until(lambda: sim.server.values(["ForcedDischgSocLimit"])["ForcedDischgSocLimit"] == 50,
+                               what="the first window")
+        drv.set_soc_window(0.55, 0.8)
+        drv.command(InverterCommand(p_w=1234.0))
+        await async_wait_until(lambda: sim.server.values(["ForcedDischgSocLimit", "ACChgSocLimit"]) ==
+                               {"ForcedDischgSocLimit": 55, "ACChgSocLimit": 80}, what="the new window")
+    finally:
+        await drv.close()
+        await sim.close()
+    plant, cfg = make_plant(soc=0.6), config("indevolt")
+    sim = SimIndevolt(plant, cfg)
+    await sim.start()
+    drv = IndevoltInverter(cfg, RealClock(), soc_window=(0.2, 0.85))
+    try:
+        await drv.start()
+        drv.command(InverterCommand(p_w=900.0))
+        await async_wait_until(lambda: plant.inverter.setpoint_p_w == 900.0 and sim.end_soc_pct == 20,
+                               what="discharging")
+        drv.set_soc_window(0.3, 0.85)
+        drv.command(InverterCommand(p_w=900.0))
+        await async_wait_until(lambda: sim.end_soc_pct == 30, what="the new discharge stop")
+    finally:
+        await drv.close()
+        await sim.close()

@@ -165,6 +165,10 @@ class IndevoltInverter(PollingDriver, InverterDriver):
         return f"{self._cfg.host}:{self._cfg.port}"
 
     # --- driver interface ------------------------------------------------------------------
+    def set_soc_window(self, soc_reserve: float, soc_max: float) -> None:
+        """The device's own SOC stop, carried by every write: the next command() writes the new one."""
+        self._soc_pct = soc_window_pct(soc_reserve, soc_max)
+
     async def _open(self) -> None:
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self._cfg.timeout_s))
 

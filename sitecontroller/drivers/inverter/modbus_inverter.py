@@ -111,6 +111,11 @@ class ModbusInverter(PollingDriver, InverterDriver):
         self._stats = {"poll_errors": 0}
 
     # --- InverterDriver -----------------------------------------------------------------
+    def set_soc_window(self, soc_reserve: float, soc_max: float) -> None:
+        """The device SOC limits the control writes carry (profiles with soc_low_pct/soc_high_pct): the
+        target differs from what was written, so the next command() writes it at once."""
+        self.failsafe = device_failsafe(self.profile, self.config, (soc_reserve, soc_max))
+
     async def _close(self) -> None:
         await self.device.close()
 
