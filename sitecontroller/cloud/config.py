@@ -34,6 +34,8 @@ class CloudParams(Strict):
     telemetry_interval_s: float = Field(10.0, ge=1, le=3600)
     offline_queue: OfflineQueueParams = OfflineQueueParams()
     method_ttl_s: float = Field(60.0, ge=1, le=3600, description="a method request issued longer ago is refused")
+    method_require_issued_at: bool = Field(
+        False, description="refuse (400) a method request without `issued_at`: then none can be replayed later")
     method_rate_per_min: int = Field(30, ge=1, le=6000, description="per method; more are refused with 429")
 
 

@@ -8,7 +8,10 @@
 
 Reserved payload keys, taken out before the rest is validated:
     request_id   the operator's id: a repeated one is answered from the command book, never run twice
-    issued_at    when the operator sent it (ISO-8601 or Unix seconds): older than `method_ttl_s` → 408
+    issued_at    when the operator sent it (ISO-8601 or Unix seconds): older than `method_ttl_s` → 408, as is
+                 a time more than `method_ttl_s` ahead of the node's clock (else it could be replayed later);
+                 required (400 without it) with `cloud.method_require_issued_at` — IoT Hub itself does not
+                 tell the device when a request was issued
 
 Answers: 200 {"status": "done"|"accepted", "command_id", "detail"}; 400 naming the JSON path of the bad
 field; 404 unknown method; 408 too old; 409 the node's state forbids it (with the reason); 429 rate
@@ -87,6 +90,7 @@ class MethodRouter:
     def __init__(self, node, cloud_params, apply_parameters, command_event):
         self.node = node
         self.ttl_s = cloud_params.method_ttl_s
+        self.require_issued_at = cloud_params.method_require_issued_at
         self.rate_per_min = cloud_params.method_rate_per_min
         self._apply_parameters = apply_parameters  # async (doc, origin) -> (status, detail)
         self._command_event = command_event  # (ack) -> None: queue an SC_command_event
@@ -120,6 +124,12 @@ class MethodRouter:
             if age > self.ttl_s:
                 return 408, {"status": "rejected", "detail": f"issued {age:.0f} s ago: older than "
                                                              f"method_ttl_s ({self.ttl_s:g} s), not carried out"}
+            if age < -self.ttl_s:
+                return 408, {"status": "rejected", "detail": f"issued {-age:.0f} s in the future (clocks apart by more "
+                                                             f"than method_ttl_s, {self.ttl_s:g} s): not carried out"}
+        elif self.require_issued_at:
+            raise BadPayload("$.issued_at: missing; required (cloud.method_require_issued_at): ISO-8601 UTC time "
+                             "or Unix seconds")
         command_id = f"cloud-{request_id or rid}"
         earlier = self.node.commands.ack_of(command_id)
         if earlier is None and not self._within_rate(name):

@@ -9,12 +9,12 @@ from sitecontroller.cloud import methods
 from sitecontroller.commands import DONE, CommandBook
 
 
-def _router(monkeypatch, rate=30):
+def _router(monkeypatch, rate=30, require_issued_at=False):
     monkeypatch.setattr(methods, "ANSWER_WITHIN_S", 0.05)
     clock = RealClock()
     node = types.SimpleNamespace(clock=clock, commands=CommandBook(clock))
     events = []
-    cfg = types.SimpleNamespace(method_ttl_s=60, method_rate_per_min=rate)
+    cfg = types.SimpleNamespace(method_ttl_s=60, method_rate_per_min=rate, method_require_issued_at=require_issued_at)
 
     async def apply(doc, origin):
         return "applied", "ok"
@@ -67,5 +67,22 @@ def test_payload_errors_name_the_field(monkeypatch):
         assert code == 400 and body["detail"].startswith("$.import_limit_w"), body
         code, body = await router.answer("GoToState_Idling", {"request_id": 5}, "r")
         assert code == 400 and body["detail"].startswith("$.request_id")
+
+    asyncio.run(scenario())
+
+
+def test_the_time_to_live_refuses_old_and_far_future_requests_and_can_be_required(monkeypatch):
+    router, node, _ = _router(monkeypatch, require_issued_at=True)
+    now = node.clock.wall()
+
+    async def scenario():
+        code, body = await router.answer("GoToState_Idling", {}, "r1")
+        assert code == 400 and body["detail"].startswith("$.issued_at: missing"), body
+        assert (await router.answer("GoToState_Idling", {"issued_at": now - 61}, "r2"))[0] == 408
+        code, body = await router.answer("GoToState_Idling", {"issued_at": now + 3600}, "r3")
+        assert code == 408 and "in the future" in body["detail"], body
+        assert node.commands.ack_of("cloud-r1") is None and node.commands.ack_of("cloud-r3") is None  # nothing ran
+        code, body = await router.answer("GoToState_Idling", {"issued_at": now - 5}, "r4")
+        assert code == 200, body  # within the time-to-live (clocks a few seconds apart are fine)
 
     asyncio.run(scenario())
