@@ -32,6 +32,8 @@ class CloudParams(Strict):
     ca_cert_file: str | None = Field(None, min_length=1, description="PEM CA certificate to trust (emulator, private CA)")
     websockets: bool = Field(False, description="MQTT over WSS on 443 instead of MQTT/TLS on 8883")
     telemetry_interval_s: float = Field(10.0, ge=1, le=3600)
+    reconnect_max_s: float = Field(300.0, ge=2, le=3600, description="reconnect attempts back off from 1 s, "
+                                   "doubling up to this (with ±50 % jitter)")
     offline_queue: OfflineQueueParams = OfflineQueueParams()
     method_ttl_s: float = Field(60.0, ge=1, le=3600, description="a method request issued longer ago is refused")
     method_require_issued_at: bool = Field(

@@ -3,7 +3,7 @@
 A runtime service (`async start/close`, built from the node). Three tasks on the node's loop:
 - connection: connect; on every (re)connect read the whole twin (patches sent while offline are
   otherwise lost), apply it, report; then wait until the link is lost; retry with exponential backoff
-  and jitter (1 s doubling to 5 min). The SDK's own retry is off: it is this loop that reconnects, and
+  and jitter (1 s doubling to `cloud.reconnect_max_s`, 5 min by default). The SDK's own retry is off: it is this loop that reconnects, and
   a send that hangs (the SDK is known to lose connections silently) counts as a lost link.
 - telemetry: every `telemetry_interval_s` an SC_Spot_10s, every second the events and reported
   properties that changed; all through the offline queue.
@@ -31,7 +31,7 @@ from .twin import ParameterTwin
 
 log = logging.getLogger("sitecontroller.cloud")
 
-BACKOFF_FIRST_S, BACKOFF_MAX_S = 1.0, 300.0
+BACKOFF_FIRST_S = 1.0
 SEND_TIMEOUT_S = 30.0  # a batch not acknowledged by then: the link is dead
 BATCH = 100
 EVENT_TICK_S = 1.0
@@ -162,7 +162,7 @@ class CloudService:
             wait = backoff * random.uniform(0.5, 1.5)
             log.warning("cloud: %s; next try in %.1f s", self.problem or "link lost", wait)
             await asyncio.sleep(wait)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
     def _new_client(self):
         from azure.iot.device.aio import IoTHubDeviceClient

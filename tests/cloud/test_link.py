@@ -49,7 +49,7 @@ def test_telemetry_contents_properties_and_interval(emulator, cloud_node):
 @pytest.mark.timeout(OUTAGE_S + 180)
 def test_an_outage_loses_nothing_and_delivers_in_order(emulator, cloud_node):
     hub = emulator()
-    node = cloud_node(hub)
+    node = cloud_node(hub, reconnect_max_s=10)  # (5 min by default: the node would try again up to 7.5 min later)
     node.wait_status(lambda s: s.get("cloud") and s["cloud"]["connected"], 60, "connected")
     wait_until(lambda: len(hub.messages()) >= 3, 20, 0.2, "first messages")
     hub.stop()  # kill -9 of the hub: the node's link breaks
