@@ -8,6 +8,7 @@ LuxPower and Indevolt stop at the SOC limits taken from the node's soc_reserve /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import replace
 
@@ -126,13 +127,23 @@ def test_failsafe_s_is_refused_where_the_device_has_no_timer_to_set():
     assert drv.keepalive_s == pytest.approx(2.0)  # rewritten well within the revert time
 
 
-async def test_luxpower_0_w_closes_both_battery_power_caps_and_soc_limits_stop_it():
-    plant, cfg = make_plant(soc=0.6), config("luxpowertek")
-    sim = SimModbusInverter(plant, cfg)
+@contextlib.asynccontextmanager
+async def device(model: str, soc_window: tuple[float, float]):
+    """A simulated LuxPower or Indevolt inverter on a plant at 60 % SOC and our driver for it, started."""
+    plant, cfg = make_plant(soc=0.6), config(model)
+    sim = SimIndevolt(plant, cfg) if model == "indevolt" else SimModbusInverter(plant, cfg)
     await sim.start()
-    drv = ModbusInverter(cfg, RealClock(), soc_window=(0.5, 0.9))
+    drv = (IndevoltInverter if model == "indevolt" else ModbusInverter)(cfg, RealClock(), soc_window=soc_window)
     try:
         await drv.start()
+        yield plant, sim, drv
+    finally:
+        await drv.close()
+        await sim.close()
+
+
+async def test_luxpower_0_w_closes_both_battery_power_caps_and_soc_limits_stop_it():
+    async with device("luxpowertek", (0.5, 0.9)) as (plant, sim, drv):
         drv.command(InverterCommand(p_w=1234.0))
         await async_wait_until(lambda: plant.inverter.setpoint_p_w == pytest.approx(1234.0, abs=3), what="discharge")
         v = sim.server.values(["DischgRate", "ChargeRate", "ForcedDischgSocLimit", "ACChgSocLimit"])
@@ -146,18 +157,10 @@ async def test_luxpower_0_w_closes_both_battery_power_caps_and_soc_limits_stop_i
         plant.battery.soc = 0.495
         await async_wait_until(lambda: plant.inverter.setpoint_p_w == 0.0, timeout_s=1.0, what="SOC stop")
         assert sim.failsafe_fired == "soc_low"
-    finally:
-        await drv.close()
-        await sim.close()
 
 
 async def test_indevolt_soc_limit_comes_from_the_node_and_stops_the_device():
-    plant, cfg = make_plant(soc=0.6), config("indevolt")
-    sim = SimIndevolt(plant, cfg)
-    await sim.start()
-    drv = IndevoltInverter(cfg, RealClock(), soc_window=(0.2, 0.85))
-    try:
-        await drv.start()
+    async with device("indevolt", (0.2, 0.85)) as (plant, sim, drv):
         drv.command(InverterCommand(p_w=-800.0))
         await async_wait_until(lambda: plant.inverter.setpoint_p_w == -800.0, what="charging")
         assert sim.end_soc_pct == 85
@@ -168,20 +171,12 @@ async def test_indevolt_soc_limit_comes_from_the_node_and_stops_the_device():
         plant.battery.soc = 0.199
         await async_wait_until(lambda: plant.inverter.setpoint_p_w == 0.0, timeout_s=1.0, what="SOC stop")
         assert sim.failsafe_fired == "soc" and sim.order == 0
-    finally:
-        await drv.close()
-        await sim.close()
 
 
 async def test_a_soc_window_changed_at_run_time_is_written_with_the_next_command():
     """The node's soc_reserve / soc_max changed at run time (live_params): the device-side SOC stops
     follow with the next command, the same command as before (no new setpoint needed)."""
-    plant, cfg = make_plant(soc=0.6), config("luxpowertek")
-    sim = SimModbusInverter(plant, cfg)
-    await sim.start()
-    drv = ModbusInverter(cfg, RealClock(), soc_window=(0.5, 0.9))
-    try:
-        await drv.start()
+    async with device("luxpowertek", (0.5, 0.9)) as (plant, sim, drv):
         drv.command(InverterCommand(p_w=1234.0))
         await async_wait_until(lambda: sim.server.values(["ForcedDischgSocLimit"])["ForcedDischgSocLimit"] == 50,
                                what="the first window")
@@ -189,21 +184,10 @@ async def test_a_soc_window_changed_at_run_time_is_written_with_the_next_command
         drv.command(InverterCommand(p_w=1234.0))
         await async_wait_until(lambda: sim.server.values(["ForcedDischgSocLimit", "ACChgSocLimit"]) ==
                                {"ForcedDischgSocLimit": 55, "ACChgSocLimit": 80}, what="the new window")
-    finally:
-        await drv.close()
-        await sim.close()
-    plant, cfg = make_plant(soc=0.6), config("indevolt")
-    sim = SimIndevolt(plant, cfg)
-    await sim.start()
-    drv = IndevoltInverter(cfg, RealClock(), soc_window=(0.2, 0.85))
-    try:
-        await drv.start()
+    async with device("indevolt", (0.2, 0.85)) as (plant, sim, drv):
         drv.command(InverterCommand(p_w=900.0))
         await async_wait_until(lambda: plant.inverter.setpoint_p_w == 900.0 and sim.end_soc_pct == 20,
                                what="discharging")
         drv.set_soc_window(0.3, 0.85)
         drv.command(InverterCommand(p_w=900.0))
         await async_wait_until(lambda: sim.end_soc_pct == 30, what="the new discharge stop")
-    finally:
-        await drv.close()
-        await sim.close()
