@@ -86,6 +86,14 @@ class RssSampler:
         values = [mb for _, p, mb in self.samples if p == phase]
         return statistics.median(values) if values else float("nan")
 
+    def trend(self, phase: str) -> tuple[float, float]:
+        """Median of the first and of the last tenth of a phase's samples (growth shows here)."""
+        values = [mb for _, p, mb in self.samples if p == phase]
+        if not values:
+            return float("nan"), float("nan")
+        k = max(1, len(values) // 10)
+        return statistics.median(values[:k]), statistics.median(values[-k:])
+
     def first(self, phase: str) -> float:
         return next((mb for _, p, mb in self.samples if p == phase), float("nan"))
 
@@ -193,7 +201,8 @@ def main() -> None:
                   f"(1 s telemetry)")
             print(f"  node RSS          connected {sampler.first('drain'):.1f} MB, drain max {sampler.max('drain'):.1f} MB, "
                   f"steady {sampler.median('steady'):.1f} MB (median of {args.seconds:g} s), "
-                  f"peak {peak_mb:.1f} MB (VmHWM; goal < 80 MB)")
+                  f"peak {peak_mb:.1f} MB (VmHWM; goal < 80 MB); steady from {sampler.trend('steady')[0]:.1f} "
+                  f"to {sampler.trend('steady')[1]:.1f} MB (first and last tenth)")
             print(f"  node cycle        p50 {cyc['period_ms_p50']:.1f} ms  p99 {cyc['period_ms_p99']:.1f} ms  "
                   f"overruns {cyc['overruns']}")
         finally:
