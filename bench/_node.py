@@ -35,6 +35,8 @@ def write_params(example: str, workdir: Path) -> tuple[Path, str]:
     can = data["devices"]["bms"].get("can")
     if can and can.get("interface") == "virtual":
         can["channel"] = f"bench-{os.getpid()}"
+    elif can and can.get("interface") == "slcan" and str(can.get("channel", "")).startswith("socket://"):
+        can["channel"] = f"socket://127.0.0.1:{free_port()}"  # the simulated CAN adapter's port
     path = workdir / "params.json"
     path.write_text(json.dumps(data))
     return path, endpoint

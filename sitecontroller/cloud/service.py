@@ -48,7 +48,7 @@ def _firmware_version() -> str:
 
 
 def describe(exc: BaseException) -> str:
-    from azure.iot.device.exceptions import ConnectionFailedError, CredentialError
+    from .sdk import ConnectionFailedError, CredentialError
 
     if isinstance(exc, CredentialError):
         return "authentication failed: the hub refused this device's key (check the connection string file)"
@@ -165,7 +165,7 @@ class CloudService:
             backoff = min(backoff * 2, self.cfg.reconnect_max_s)
 
     def _new_client(self):
-        from azure.iot.device.aio import IoTHubDeviceClient
+        from .sdk import IoTHubDeviceClient
 
         return IoTHubDeviceClient.create_from_connection_string(
             self.creds.connection_string, server_verification_cert=self.creds.ca_pem, websockets=self.cfg.websockets,
@@ -230,7 +230,7 @@ class CloudService:
 
     # --- methods -------------------------------------------------------------------------------
     async def _on_method(self, request) -> None:  # on the SDK's handler loop
-        from azure.iot.device import MethodResponse
+        from .sdk import MethodResponse
 
         answer = asyncio.run_coroutine_threadsafe(
             self.methods.answer(request.name, request.payload, request.request_id), self.loop)
@@ -259,7 +259,7 @@ class CloudService:
                 pass
 
     async def _sender(self) -> None:
-        from azure.iot.device import Message
+        from .sdk import Message
 
         while True:
             await self._queued.wait()

@@ -23,11 +23,10 @@ import ipaddress
 import logging
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.server.requesthandler import ServerRequestHandler
 
 from ..drivers.modbus.codec import SUNSPEC_NA
 from ..sim.modbus_server import WRITE_FCS, ProfileServer
+from ..sim.pymodbus_server import ModbusTcpServer, ServerRequestHandler  # without aiohttp (~9 MB)
 
 log = logging.getLogger("sitecontroller.scada")
 

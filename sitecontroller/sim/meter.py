@@ -15,12 +15,14 @@ import json
 import math
 import time
 from dataclasses import dataclass
-
-from aiohttp import web
+from typing import TYPE_CHECKING
 
 from ..drivers.meter.config import MeterConfig
 from ..drivers.modbus import load_profile
 from .modbus_server import ProfileServer
+
+if TYPE_CHECKING:  # aiohttp is imported by the P1 meter when it runs: a Modbus meter does without it (~9 MB)
+    from aiohttp import web
 
 
 @dataclass
@@ -166,6 +168,8 @@ class SimP1Meter(_SimMeterBase):
         return not self._closing.is_set()
 
     async def _answer(self, body) -> web.StreamResponse:
+        from aiohttp import web
+
         self.requests += 1
         if not await self._hold():
             return web.Response(status=503)
@@ -175,6 +179,8 @@ class SimP1Meter(_SimMeterBase):
         return web.Response(text=body(), content_type="application/json")
 
     async def start(self) -> None:
+        from aiohttp import web
+
         app = web.Application()
         app.router.add_get("/api", self._api)
         app.router.add_get("/api/v1/data", self._data)

@@ -22,12 +22,12 @@ import logging
 from collections.abc import Callable
 
 from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from ..drivers.modbus.codec import CodecError, decode_point, encode_raw, merge_masked, raw_from_value
 from ..drivers.modbus.layout import resolve_sunspec, sunspec_layout
 from ..drivers.modbus.profile import Point, Profile
+from .pymodbus_server import ModbusTcpServer  # not `pymodbus.server`: that one loads aiohttp (~9 MB)
 
 log = logging.getLogger(__name__)
 
