@@ -1,6 +1,7 @@
 """The cluster service: what makes one node a member of the cluster (DESIGN §5).
 
-A `NodeRuntime` service (`async start()`, `async close()`) built from the node:
+A `NodeRuntime` service (`async start()`, `async close()`) built from the node (a node without
+`features.CLUSTER` runs it as a cluster of one, `solo.py`: no Raft, no data plane):
 
 - **consensus** (`consensus.py`, pysyncobj Raft over ZeroMQ/CURVE on its own thread):
   the replicated cluster state and leadership with a lease;
